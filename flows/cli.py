@@ -1,0 +1,103 @@
+"""``sln``: the one command that make targets and operators call."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import typer
+
+from tasks.config import Settings
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def new_run_id(kind: str) -> str:
+    return f"{kind}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+
+
+@app.command()
+def synth(
+    out: Path = typer.Option(..., help="Folder for manifest.csv and images"),
+    patients: int = typer.Option(450, help="Number of patients (one lesion each)"),
+    seed: int = typer.Option(0, help="Random seed; the same seed gives the same cohort"),
+    repeat_share: float = typer.Option(0.3, help="Share of cases with reader-2/repeat masks"),
+    preview: bool = typer.Option(False, help="Also write preview.png (a contact sheet)"),
+) -> None:
+    """Write a synthetic two-site cohort (B-mode, colour Doppler, masks, labels)."""
+    _setup_logging()
+    from tasks.synthetic import generate_cohort
+
+    log = logging.getLogger("sln.synth")
+
+    def progress(done: int, total: int) -> None:
+        if done % 50 == 0 or done == total:
+            log.info("synthesised %d/%d patients", done, total)
+
+    manifest = generate_cohort(
+        out,
+        n_patients=patients,
+        seed=seed,
+        repeat_share=repeat_share,
+        preview=preview,
+        progress=progress,
+    )
+    typer.echo(f"wrote {manifest}")
+
+
+@app.command()
+def busbra(
+    out: Path = typer.Option(..., help="Manifest CSV to write"),
+    data: Path = typer.Option(None, help="BUS-BRA folder (default: <shared data>/busbra)"),
+    validation_site: str = typer.Option("APLIO300", help="Scanner held out as external validation"),
+    limit_patients: int = typer.Option(0, help="Keep a seeded subset of patients (0: all)"),
+    seed: int = typer.Option(0),
+) -> None:
+    """Write a manifest over the BUS-BRA dataset (label = malignant, site = scanner)."""
+    from tasks.busbra import busbra_manifest
+
+    data = data or Settings().shared_data / "busbra"
+    manifest = busbra_manifest(data, out, validation_site, limit_patients or None, seed)
+    counts = manifest.groupby(["site", "split"]).size().to_string()
+    typer.echo(f"wrote {out}: {len(manifest)} images\n{counts}")
+    typer.echo(f"paths point into {Path(data).resolve()}: ingest with SLN_DATA_ROOTS set to it")
+
+
+@app.command()
+def ingest(
+    manifest: str = typer.Argument(..., help="Manifest CSV/Parquet (path or s3:// URI)"),
+    store: str = typer.Option(None, help="Store root (folder or s3://bucket/prefix)"),
+) -> None:
+    """Validate a manifest; write the cohort and quarantine tables."""
+    _setup_logging()
+    from tasks.cohort import ManifestError
+    from tasks.cohort import ingest as ingest_manifest
+    from tasks.store import FeatureStore
+
+    settings = Settings(**({"store": store} if store else {}))
+    try:
+        report = ingest_manifest(
+            manifest, FeatureStore(settings.store), settings, new_run_id("ingest")
+        )
+    except ManifestError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    typer.echo(report.summary())
+    for case, reasons in sorted(report.problems.items()):
+        typer.echo(f"  quarantined {case}: {'; '.join(reasons)}")
+    typer.echo(f"cohort table version {report.cohort_version} at {settings.store}")
+
+
+if __name__ == "__main__":
+    app()

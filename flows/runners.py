@@ -1,0 +1,53 @@
+"""Where tasks run: a local Dask cluster by default, an existing one when configured.
+
+The local cluster is process workers with one thread each (pyradiomics and SimpleITK are
+CPU-bound; threads would fight over the GIL and over BLAS pools), BLAS/OMP limited to one
+thread, and exactly one worker that carries the ``GPU=1`` resource, so CNN tasks submitted
+under ``dask.annotate(resources={"GPU": 1})`` all land there (on the CPU when no CUDA
+device exists). With ``DASK_SCHEDULER_ADDRESS`` set, the same flows run on that cluster.
+"""
+
+from __future__ import annotations
+
+import os
+
+from distributed import Nanny, Scheduler, SpecCluster
+from prefect_dask import DaskTaskRunner
+
+from tasks.config import Settings
+
+ONE_THREAD_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1",
+}
+GPU_WORKER = "gpu-0"
+
+
+def local_cluster(n_workers: int = 2, gpu_workers: int = 1, memory_limit: str = "auto"):
+    """A loopback cluster: ``n_workers`` process workers, ``gpu_workers`` of them GPU=1."""
+    env = dict(ONE_THREAD_ENV)
+    if os.environ.get("PREFECT_API_URL"):
+        env["PREFECT_API_URL"] = os.environ["PREFECT_API_URL"]
+    workers = {}
+    for i in range(n_workers):
+        name = f"gpu-{i}" if i < gpu_workers else f"cpu-{i - gpu_workers}"
+        options = {"nthreads": 1, "env": env, "memory_limit": memory_limit, "name": name}
+        if i < gpu_workers:
+            options["resources"] = {"GPU": 1}
+        workers[name] = {"cls": Nanny, "options": options}
+    scheduler = {
+        "cls": Scheduler,
+        "options": {"host": "127.0.0.1", "dashboard_address": ":0"},
+    }
+    return SpecCluster(workers=workers, scheduler=scheduler, name="sln-local")
+
+
+def task_runner(settings: Settings) -> DaskTaskRunner:
+    if settings.dask_scheduler_address:
+        return DaskTaskRunner(address=settings.dask_scheduler_address)
+    return DaskTaskRunner(
+        cluster_class=local_cluster,
+        cluster_kwargs={"n_workers": settings.n_workers, "gpu_workers": 1},
+    )

@@ -1,0 +1,74 @@
+"""Configuration in one typed place.
+
+Every setting comes from the environment (prefix ``SLN_``) or its default; the CLI and
+flows build one :class:`Settings` and pass it down. Steps never read the environment
+themselves. Credentials (AWS_*) are read by s3fs/deltalake from the standard AWS
+variables and never stored here, so they cannot end up in a log line or an artifact.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+INFRA_DIR = PROJECT_ROOT / "infra"
+
+
+def default_shared_data() -> Path:
+    return PROJECT_ROOT.parent / "shared" / "data"
+
+
+class Settings(BaseSettings):
+    """Run settings. Environment variables: ``SLN_<FIELD>`` (e.g. ``SLN_STORE``)."""
+
+    model_config = SettingsConfigDict(env_prefix="SLN_", extra="ignore")
+
+    store: str = Field("./store", description="Feature store root: a folder or s3://bucket/prefix")
+    data_roots: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Allowed roots for manifest paths (colon-separated in SLN_DATA_ROOTS); "
+        "empty means the manifest's own folder",
+    )
+    validation_sites: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Sites whose unsplit cases are external validation (comma-separated)",
+    )
+    test_share: float = Field(0.2, gt=0, lt=1)
+    shared_data: Path = Field(default_factory=default_shared_data)
+    radiomics_params: Path = Field(INFRA_DIR / "radiomics.yaml")
+    seed: int = 20250101
+    # Dask: process workers, one thread each (radiomics is CPU-bound and not GIL-free).
+    n_workers: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1))
+    dask_scheduler_address: str | None = Field(None, validation_alias="DASK_SCHEDULER_ADDRESS")
+    chunk_size: int = 20
+    # Peritumoral ring width: millimetres when pixel spacing is known, pixels otherwise.
+    ring_mm: float = 3.0
+    ring_px: int = 10
+
+    @field_validator("data_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: object) -> object:
+        return _split_uri_list(value) if isinstance(value, str) else value
+
+    @field_validator("validation_sites", mode="before")
+    @classmethod
+    def _split_sites(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
+def _split_uri_list(value: str) -> list[str]:
+    """Split a colon-separated list that may hold ``s3://`` URIs."""
+    parts: list[str] = []
+    for piece in value.split(":"):
+        if piece.startswith("//") and parts:
+            parts[-1] = f"{parts[-1]}:{piece}"
+        elif piece:
+            parts.append(piece)
+    return parts
