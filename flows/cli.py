@@ -99,5 +99,39 @@ def ingest(
     typer.echo(f"cohort table version {report.cohort_version} at {settings.store}")
 
 
+def _with_api(fn):
+    """Run ``fn`` against a live Prefect API (configured, or the local embedded server)."""
+    from flows.server import ensure_api
+
+    url = ensure_api()
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        return fn()
+
+
+@app.command()
+def run(
+    manifest: str = typer.Argument(..., help="Manifest CSV/Parquet (path or s3:// URI)"),
+    store: str = typer.Option(None, help="Store root (folder or s3://bucket/prefix)"),
+    workers: int = typer.Option(None, help="Local Dask process workers (default: cores)"),
+    chunk_size: int = typer.Option(None, help="Cases per Dask task"),
+    exam_from: str = typer.Option(None, "--from", help="Only exams on/after this ISO date"),
+    exam_to: str = typer.Option(None, "--to", help="Only exams on/before this ISO date"),
+    force: bool = typer.Option(False, help="Re-extract the window, replacing stored rows"),
+) -> None:
+    """Run the cohort flow: ingest, then radiomics (and embeddings) on Dask workers."""
+    _setup_logging()
+    from flows.cohort import run_cohort
+
+    overrides = {"store": store, "n_workers": workers, "chunk_size": chunk_size}
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    summary = _with_api(
+        lambda: run_cohort(manifest, settings, exam_from=exam_from, exam_to=exam_to, force=force)
+    )
+    for key, value in summary.items():
+        typer.echo(f"{key}: {value}")
+
+
 if __name__ == "__main__":
     app()

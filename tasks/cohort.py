@@ -19,6 +19,8 @@ from datetime import UTC, date, datetime
 import numpy as np
 import pandas as pd
 import SimpleITK as sitk
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from tasks import uris
 from tasks.config import Settings
@@ -546,3 +548,7 @@ def _log_progress(what: str, every: int) -> Callable[[int, int], None]:
             log.info("%s %d/%d manifest rows", what, done, total)
 
     return progress
+
+
+# -- Prefect wrappers (thin: names, retries; the logic is above) ---------------------------
+ingest_task = task(ingest, name="ingest", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)

@@ -8,7 +8,10 @@ variables and never stored here, so they cannot end up in a log line or an artif
 
 from __future__ import annotations
 
+import functools
+import importlib.metadata
 import os
+import subprocess
 from pathlib import Path
 from typing import Annotated
 
@@ -49,6 +52,21 @@ class Settings(BaseSettings):
     # Peritumoral ring width: millimetres when pixel spacing is known, pixels otherwise.
     ring_mm: float = 3.0
     ring_px: int = 10
+    # CNN (dual-stream MobileNetV2): input crop, fine-tuning and embedding.
+    cnn_start: str = Field(
+        "auto",
+        description="Start weights: 'auto' (converted TFLite ImageNet weights when the "
+        "shared file exists, else random), 'tflite', 'random', or a .pth path/URI",
+    )
+    cnn_size: int = Field(224, ge=32, description="CNN input size in pixels (square crop)")
+    cnn_margin: float = Field(0.25, ge=0, description="Crop margin around the lesion bbox")
+    cnn_batch_size: int = 16
+    cnn_epochs: int = 8
+    cnn_lr: float = 3e-4
+    cnn_weight_decay: float = 1e-4
+    cnn_patience: int = 3
+    cnn_val_share: float = Field(0.2, gt=0, lt=1, description="Early-stopping fold share")
+    cnn_device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda'")
 
     @field_validator("data_roots", mode="before")
     @classmethod
@@ -72,3 +90,20 @@ def _split_uri_list(value: str) -> list[str]:
         elif piece:
             parts.append(piece)
     return parts
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> str:
+    """Package version plus the git commit (``+dirty`` with local changes), for lineage."""
+    version = importlib.metadata.version("sln-radiomics")
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(PROJECT_ROOT), "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return version
+    return f"{version}+{commit}" if commit else version

@@ -124,3 +124,29 @@ def tiny_cohort(tmp_path) -> Path:
     manifest = tmp_path / "manifest.csv"
     pd.DataFrame(rows).to_csv(manifest, index=False)
     return manifest
+
+
+@pytest.fixture(scope="session")
+def prefect_api(tmp_path_factory):
+    """A real Prefect server (``prefect server start``, SQLite) on a free loopback port.
+
+    Dask worker processes inherit ``PREFECT_API_URL`` from the environment; this process
+    takes it through Prefect's settings context.
+    """
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.server import start_server
+
+    home = tmp_path_factory.mktemp("prefect-home")
+    url, proc = start_server(home=home, port=free_port(), timeout=180)
+    saved = os.environ.get("PREFECT_API_URL")
+    os.environ["PREFECT_API_URL"] = url
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        yield url
+    if saved is None:
+        os.environ.pop("PREFECT_API_URL", None)
+    else:
+        os.environ["PREFECT_API_URL"] = saved
+    if proc is not None:
+        proc.terminate()
+        proc.wait(timeout=30)

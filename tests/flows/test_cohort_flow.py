@@ -1,0 +1,73 @@
+"""The cohort flow under a real Prefect server, real Dask process workers, local and S3 stores."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from flows.cohort import run_cohort
+from tasks.config import Settings
+from tasks.store import FeatureStore
+
+
+def _artifact(api_url: str, key: str) -> dict:
+    import httpx
+
+    resp = httpx.post(f"{api_url}/artifacts/filter", json={"artifacts": {"key": {"any_": [key]}}})
+    resp.raise_for_status()
+    found = resp.json()
+    assert found, f"no artifact {key}"
+    return found[0]
+
+
+@pytest.mark.slow
+def test_cohort_flow_extracts_once_and_quarantines_bad_cases(tiny_cohort, tmp_path, prefect_api):
+    # One case whose mask is too small for pyradiomics' minimum ROI: extraction fails, the
+    # case is quarantined with the reason, the other cases land.
+    import numpy as np
+    from PIL import Image
+
+    frame = pd.read_csv(tiny_cohort, dtype=str, keep_default_na=False)
+    shape = np.asarray(Image.open(tiny_cohort.parent / frame.loc[0, "bmus_image"])).shape
+    tiny = np.zeros(shape, np.uint8)
+    tiny[40:43, 40:43] = 255
+    Image.fromarray(tiny).save(tiny_cohort.parent / "images" / "tiny_mask.png")
+    frame.loc[0, "bmus_mask"] = "images/tiny_mask.png"
+    frame.to_csv(tiny_cohort, index=False)
+
+    settings = Settings(store=str(tmp_path / "store"), n_workers=2, chunk_size=2)
+    first = run_cohort(str(tiny_cohort), settings)
+    assert first["cases_new"] == 7 and first["cases_failed"] == 1
+    store = FeatureStore(settings.store)
+    radiomics = store.read("radiomics")
+    assert set(radiomics["case_id"]) == {f"T{i:03d}" for i in range(1, 8)}
+    assert set(radiomics["region"]) == {"intratumoral", "peritumoral"}
+    assert len(radiomics) == 14
+    features = [c for c in radiomics.columns if c.startswith(("original_", "wavelet", "log-"))]
+    assert len(features) > 200
+    assert not radiomics[features].isna().all().any()
+    assert (
+        radiomics["params_hash"].nunique() == 1
+        and radiomics["run_id"].str.startswith("cohort-").all()
+    )
+    quarantine = store.read("quarantine")
+    failed = quarantine[quarantine["stage"] == "radiomics"]
+    assert failed["case_id"].tolist() == ["T000"]
+    assert "tiny_mask.png" in failed["file"].iloc[0]
+
+    artifact = _artifact(prefect_api, "cohort-run-summary")
+    assert "cases_new | 7" in artifact["data"]
+
+    second = run_cohort(str(tiny_cohort), settings)
+    assert second["cases_new"] == 0
+    assert len(store.read("radiomics")) == 14
+
+
+@pytest.mark.slow
+def test_cohort_flow_on_s3_store(tiny_cohort, s3_bucket, prefect_api):
+    settings = Settings(store=f"{s3_bucket}/store", n_workers=2, chunk_size=4)
+    summary = run_cohort(str(tiny_cohort), settings)
+    assert summary["cases_new"] == 8
+    radiomics = FeatureStore(settings.store).read("radiomics")
+    assert len(radiomics) == 16
+    assert radiomics.groupby(["case_id", "region", "mask_variant"]).size().max() == 1
