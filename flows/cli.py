@@ -133,5 +133,44 @@ def run(
         typer.echo(f"{key}: {value}")
 
 
+@app.command()
+def server(
+    stop: bool = typer.Option(False, help="Stop the local server started by this command"),
+) -> None:
+    """Start (or find) the local Prefect server; the UI is at http://127.0.0.1:4200."""
+    from flows.server import PORT, api_url, start_server, stop_server
+
+    if stop:
+        typer.echo("stopped" if stop_server() else "no server started by sln is running")
+        return
+    url, proc = start_server()
+    state = f"started (pid {proc.pid})" if proc else "already running"
+    typer.echo(f"Prefect server {state}: UI http://127.0.0.1:{PORT}  API {api_url()}")
+    typer.echo("stop it with: sln server --stop")
+
+
+@app.command()
+def demo(
+    out: Path = typer.Option(Path("demo"), help="Folder for the synthetic cohort"),
+    store: str = typer.Option("./store", help="Store root"),
+    patients: int = typer.Option(450, help="Synthetic patients"),
+    seed: int = typer.Option(0),
+) -> None:
+    """The whole pipeline on the embedded defaults: synthesise, then run the cohort flow."""
+    _setup_logging()
+    from flows.cohort import run_cohort
+    from tasks.synthetic import generate_cohort
+
+    manifest = out / "manifest.csv"
+    if not manifest.exists():
+        typer.echo(f"synthesising {patients} patients into {out} ...")
+        generate_cohort(out, n_patients=patients, seed=seed, preview=True)
+    settings = Settings(store=store)
+    summary = _with_api(lambda: run_cohort(str(manifest), settings))
+    for key, value in summary.items():
+        typer.echo(f"{key}: {value}")
+    typer.echo(f"store: {settings.store}   Prefect UI: http://127.0.0.1:4200")
+
+
 if __name__ == "__main__":
     app()

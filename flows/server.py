@@ -62,6 +62,7 @@ def start_server(
         stderr=subprocess.STDOUT,
         start_new_session=True,  # outlives the command that started it
     )
+    (home / f"server-{port}.pid").write_text(str(proc.pid))
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if healthy(url):
@@ -83,3 +84,19 @@ def ensure_api() -> str:
     url, _ = start_server()
     os.environ["PREFECT_API_URL"] = url
     return url
+
+
+def stop_server(home: Path | None = None, port: int = PORT) -> bool:
+    """Stop a server this module started (its pid file), if it still runs."""
+    import signal
+
+    pid_file = (home or PROJECT_ROOT / ".prefect") / f"server-{port}.pid"
+    if not pid_file.exists():
+        return False
+    pid = int(pid_file.read_text())
+    pid_file.unlink()
+    try:
+        os.killpg(pid, signal.SIGTERM)  # its own session: uvicorn workers go too
+    except ProcessLookupError:
+        return False
+    return True

@@ -20,6 +20,13 @@ def _artifact(api_url: str, key: str) -> dict:
     return found[0]
 
 
+@pytest.fixture(autouse=True)
+def small_cnn(monkeypatch):
+    # Small crops keep CPU embedding fast; the code path is the same as at 224 px.
+    monkeypatch.setenv("SLN_CNN_SIZE", "64")
+    monkeypatch.setenv("SLN_CNN_BATCH_SIZE", "4")
+
+
 @pytest.mark.slow
 def test_cohort_flow_extracts_once_and_quarantines_bad_cases(tiny_cohort, tmp_path, prefect_api):
     # One case whose mask is too small for pyradiomics' minimum ROI: extraction fails, the
@@ -35,7 +42,7 @@ def test_cohort_flow_extracts_once_and_quarantines_bad_cases(tiny_cohort, tmp_pa
     frame.loc[0, "bmus_mask"] = "images/tiny_mask.png"
     frame.to_csv(tiny_cohort, index=False)
 
-    settings = Settings(store=str(tmp_path / "store"), n_workers=2, chunk_size=2)
+    settings = Settings(store=str(tmp_path / "store"), n_workers=2, chunk_size=1)
     first = run_cohort(str(tiny_cohort), settings)
     assert first["cases_new"] == 7 and first["cases_failed"] == 1
     store = FeatureStore(settings.store)
@@ -58,9 +65,20 @@ def test_cohort_flow_extracts_once_and_quarantines_bad_cases(tiny_cohort, tmp_pa
     artifact = _artifact(prefect_api, "cohort-run-summary")
     assert "cases_new | 7" in artifact["data"]
 
+    # Embeddings: every case (the tiny mask still gives a crop), start weights named.
+    embeddings = store.read("embeddings")
+    assert sorted(embeddings["case_id"]) == [f"T{i:03d}" for i in range(8)]
+    assert embeddings["model_version"].str.startswith("start-").all()
+    assert first["model_version"] == embeddings["model_version"].iloc[0]
+    assert {len(v) for v in embeddings["fused"]} == {2560}
+    # GPU routing: every CNN chunk ran on the one GPU-resource worker, none elsewhere.
+    assert set(embeddings["worker"]) == {"gpu-0"}
+    assert first["embedding_workers"] == ["gpu-0"]
+
     second = run_cohort(str(tiny_cohort), settings)
-    assert second["cases_new"] == 0
+    assert second["cases_new"] == 0 and second["cases_embedded"] == 0
     assert len(store.read("radiomics")) == 14
+    assert len(store.read("embeddings")) == 8
 
 
 @pytest.mark.slow
@@ -71,3 +89,4 @@ def test_cohort_flow_on_s3_store(tiny_cohort, s3_bucket, prefect_api):
     radiomics = FeatureStore(settings.store).read("radiomics")
     assert len(radiomics) == 16
     assert radiomics.groupby(["case_id", "region", "mask_variant"]).size().max() == 1
+    assert len(FeatureStore(settings.store).read("embeddings")) == 8
