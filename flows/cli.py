@@ -21,6 +21,9 @@ def _setup_logging() -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    # Progress lines are ours and Prefect's; HTTP and cluster chatter stay out of the way.
+    for noisy in ("httpx", "distributed", "distributed.nanny", "distributed.scheduler"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def new_run_id(kind: str) -> str:

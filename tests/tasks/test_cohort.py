@@ -219,3 +219,15 @@ def test_s3_round_trip(tiny_cohort, s3_bucket):
     assert again.new_versions == 0
     # Time travel: the first commit still reads back as it was.
     assert len(store.read("cohort", version=0)) == 8
+
+
+def test_busbra_subset_ingests_cleanly(tmp_path, shared_data):
+    from tasks.busbra import busbra_manifest
+
+    manifest = tmp_path / "busbra.csv"
+    frame = busbra_manifest(shared_data / "busbra", manifest, limit_patients=12, seed=1)
+    report = _ingest(manifest, tmp_path / "store", data_roots=[str(shared_data / "busbra")])
+    assert report.quarantined == 0 and report.valid == len(frame)
+    cohort = FeatureStore(str(tmp_path / "store")).read("cohort")
+    assert cohort["cdus_image"].isna().all()
+    assert cohort.groupby("patient_key")["split"].nunique().max() == 1

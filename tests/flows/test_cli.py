@@ -1,0 +1,68 @@
+"""The README's commands, run through the real ``sln`` entry point."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+from typer.testing import CliRunner
+
+from flows.cli import app
+from tasks.store import FeatureStore
+
+runner = CliRunner()
+
+
+def test_synth_then_ingest_with_three_bad_rows(tmp_path):
+    cohort_dir, store = tmp_path / "c", tmp_path / "s"
+    result = runner.invoke(
+        app, ["synth", "--patients", "40", "--out", str(cohort_dir), "--seed", "3"]
+    )
+    assert result.exit_code == 0, result.output
+    manifest = cohort_dir / "manifest.csv"
+    result = runner.invoke(app, ["ingest", str(manifest), "--store", str(store)])
+    assert result.exit_code == 0, result.output
+    assert len(FeatureStore(str(store)).read("cohort")) == 40
+
+    # A missing file, an empty mask and a mask of the wrong size: three quarantined rows.
+    frame = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+    template = frame.iloc[0].to_dict()
+    Image.fromarray(np.zeros((400, 500), np.uint8)).save(cohort_dir / "empty.png")
+    Image.fromarray(np.full((50, 60), 255, np.uint8)).save(cohort_dir / "small.png")
+    bad = [
+        template | {"case_id": "X-MISSING", "patient_id": "PX1", "bmus_image": "gone.png"},
+        template | {"case_id": "X-EMPTY", "patient_id": "PX2", "bmus_mask": "empty.png"},
+        template | {"case_id": "X-SIZE", "patient_id": "PX3", "bmus_mask": "small.png"},
+    ]
+    pd.concat([frame, pd.DataFrame(bad)]).to_csv(manifest, index=False)
+    result = runner.invoke(app, ["ingest", str(manifest), "--store", str(store)])
+    assert result.exit_code == 0, result.output
+    assert "3 quarantined" in result.output
+    tables = FeatureStore(str(store))
+    assert len(tables.read("cohort")) == 40
+    quarantine = tables.read("quarantine")
+    assert sorted(quarantine["case_id"]) == ["X-EMPTY", "X-MISSING", "X-SIZE"]
+    assert {"file not found", "mask is empty (no foreground pixel)"} <= set(quarantine["reason"])
+
+
+def test_ingest_of_a_missing_manifest_exits_2(tmp_path):
+    result = runner.invoke(app, ["ingest", str(tmp_path / "nope.csv"), "--store", str(tmp_path)])
+    assert result.exit_code == 2
+    assert "not found" in result.output
+
+
+def test_busbra_manifest_groups_patients_and_holds_out_a_scanner(tmp_path, shared_data):
+    out = tmp_path / "busbra.csv"
+    result = runner.invoke(
+        app, ["busbra", "--out", str(out), "--data", str(shared_data / "busbra")]
+    )
+    assert result.exit_code == 0, result.output
+    manifest = pd.read_csv(out, dtype=str, keep_default_na=False)
+    assert len(manifest) == 1875
+    assert manifest["cdus_image"].eq("").all()
+    assert set(manifest.loc[manifest["site"] == "APLIO300", "split"]) == {"validation"}
+    # No patient straddles the held-out scanner and the rest.
+    per_patient = manifest.groupby("patient_id")["split"].nunique()
+    assert per_patient.max() == 1
+    assert manifest["label"].isin(["0", "1"]).all()
+    assert (manifest["label"] == "1").sum() == 607
