@@ -175,5 +175,23 @@ def demo(
     typer.echo(f"store: {settings.store}   Prefect UI: http://127.0.0.1:4200")
 
 
+weights_app = typer.Typer(no_args_is_help=True, help="Offline CNN start weights.")
+app.add_typer(weights_app, name="weights")
+
+
+@weights_app.command("convert-tflite")
+def convert_tflite_cmd(
+    src: Path = typer.Argument(None, help="TFLite MobileNetV2 (default: the shared uint8 file)"),
+    out: str = typer.Option(..., help="Destination .pth (path or s3:// URI)"),
+) -> None:
+    """Dequantise Google's TFLite MobileNetV2 into a torchvision mobilenet_v2 checkpoint."""
+    from tasks.embedding import TFLITE_FILE
+    from tasks.weights import convert_tflite
+
+    src = src or Settings().shared_data / "mobilenet_v2_tflite" / TFLITE_FILE
+    meta = convert_tflite(src, out)
+    typer.echo(f"wrote {out} (from {meta['source']}, sha256 {meta['source_sha256'][:12]}...)")
+
+
 if __name__ == "__main__":
     app()

@@ -67,6 +67,17 @@ class Settings(BaseSettings):
     cnn_patience: int = 3
     cnn_val_share: float = Field(0.2, gt=0, lt=1, description="Early-stopping fold share")
     cnn_device: str = Field("auto", description="'auto' (CUDA when present), 'cpu', 'cuda'")
+    # Selection and models (fitted on the training split only).
+    icc_threshold: float = Field(0.75, ge=0, le=1)
+    pearson_threshold: float = Field(0.9, gt=0, le=1)
+    pca_variance: float = Field(0.95, gt=0, lt=1, description="Variance kept by deep PCA")
+    lasso_rule: str = Field("1se", pattern="^(1se|min)$")
+    # Validation and promotion.
+    auc_floor: float = Field(0.65, description="validate fails when champion AUC drops below")
+    promote_alpha: float = Field(
+        0.05, description="promote unless DeLong shows the candidate worse at this level"
+    )
+    mlflow_tracking_uri: str | None = Field(None, validation_alias="MLFLOW_TRACKING_URI")
 
     @field_validator("data_roots", mode="before")
     @classmethod

@@ -143,9 +143,9 @@ def prefect_api(tmp_path_factory):
     os.environ["PREFECT_API_URL"] = url
     with temporary_settings(updates={PREFECT_API_URL: url}):
         yield url
-        from prefect.logging.handlers import APILogHandler
+        from prefect.logging.handlers import APILogWorker
 
-        APILogHandler.flush()  # ship buffered run logs before the server goes away
+        APILogWorker.drain_all(timeout=10)  # ship buffered run logs before the server stops
     if saved is None:
         os.environ.pop("PREFECT_API_URL", None)
     else:

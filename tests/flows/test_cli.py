@@ -66,3 +66,14 @@ def test_busbra_manifest_groups_patients_and_holds_out_a_scanner(tmp_path, share
     assert per_patient.max() == 1
     assert manifest["label"].isin(["0", "1"]).all()
     assert (manifest["label"] == "1").sum() == 607
+
+
+def test_weights_convert_tflite_command(tmp_path, shared_data):
+    import torch
+
+    out = tmp_path / "mnv2.pth"
+    result = runner.invoke(app, ["weights", "convert-tflite", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    checkpoint = torch.load(out, map_location="cpu", weights_only=False)
+    assert checkpoint["state_dict"]["classifier.1.weight"].shape == (1000, 1280)
+    assert checkpoint["meta"]["tf_padding"] is True
