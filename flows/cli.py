@@ -152,27 +152,86 @@ def server(
     typer.echo("stop it with: sln server --stop")
 
 
+def _print(summary: dict) -> None:
+    for key, value in summary.items():
+        typer.echo(f"{key}: {value}")
+
+
+@app.command()
+def retrain(
+    store: str = typer.Option(None, help="Store root"),
+    workers: int = typer.Option(None, help="Local Dask process workers"),
+    promote: bool = typer.Option(True, help="Allow promotion to champion"),
+) -> None:
+    """Fine-tune the CNN, fit the three models, evaluate, register, maybe promote."""
+    _setup_logging()
+    from flows.retrain import retrain as retrain_flow
+
+    settings = Settings(**({"store": store} if store else {}))
+    _print(_with_api(lambda: retrain_flow(settings.store, workers, promote)))
+
+
+@app.command()
+def validate(
+    store: str = typer.Option(None, help="Store root"),
+    auc_floor: float = typer.Option(None, help="Fail when the champion's AUC is below this"),
+    workers: int = typer.Option(None, help="Local Dask process workers"),
+) -> None:
+    """Score the champion on the current cohort, write predictions and a report."""
+    _setup_logging()
+    from flows.validate import validate as validate_flow
+
+    settings = Settings(**({"store": store} if store else {}))
+    state = _with_api(lambda: validate_flow(settings.store, auc_floor, workers, return_state=True))
+    result = state.result(raise_on_failure=False)
+    if isinstance(result, dict):
+        _print(result)
+    if not state.is_completed():
+        typer.echo(f"validate FAILED: {state.message}", err=True)
+        raise typer.Exit(1)
+
+
 @app.command()
 def demo(
     out: Path = typer.Option(Path("demo"), help="Folder for the synthetic cohort"),
     store: str = typer.Option("./store", help="Store root"),
     patients: int = typer.Option(450, help="Synthetic patients"),
     seed: int = typer.Option(0),
+    cnn_size: int = typer.Option(112, help="CNN input size (224 on a GPU; smaller on CPU)"),
+    epochs: int = typer.Option(6, help="CNN fine-tuning epochs"),
 ) -> None:
-    """The whole pipeline on the embedded defaults: synthesise, then run the cohort flow."""
+    """The main job on the embedded defaults: synthesise -> cohort -> retrain -> validate."""
+    import os
+
     _setup_logging()
     from flows.cohort import run_cohort
+    from flows.retrain import retrain as retrain_flow
+    from flows.validate import validate as validate_flow
     from tasks.synthetic import generate_cohort
 
+    # CPU settings for this run (Dask workers inherit the environment).
+    os.environ.setdefault("SLN_CNN_SIZE", str(cnn_size))
+    os.environ.setdefault("SLN_CNN_EPOCHS", str(epochs))
     manifest = out / "manifest.csv"
     if not manifest.exists():
         typer.echo(f"synthesising {patients} patients into {out} ...")
         generate_cohort(out, n_patients=patients, seed=seed, preview=True)
     settings = Settings(store=store)
-    summary = _with_api(lambda: run_cohort(str(manifest), settings))
-    for key, value in summary.items():
-        typer.echo(f"{key}: {value}")
-    typer.echo(f"store: {settings.store}   Prefect UI: http://127.0.0.1:4200")
+
+    def pipeline() -> dict:
+        typer.echo("== cohort flow: ingest, radiomics, embeddings")
+        _print(run_cohort(str(manifest), settings))
+        typer.echo("== retrain flow: fine-tune CNN, select features, fit ONLY_HF / ONLY_DF / COMB")
+        _print(retrain_flow(settings.store))
+        typer.echo("== validate flow: score the champion, predictions, report")
+        state = validate_flow(settings.store, return_state=True)
+        return state.result(raise_on_failure=False)
+
+    summary = _with_api(pipeline)
+    if isinstance(summary, dict):
+        _print(summary)
+        typer.echo(f"report: {summary['report']}")
+    typer.echo("Prefect UI: http://127.0.0.1:4200")
 
 
 weights_app = typer.Typer(no_args_is_help=True, help="Offline CNN start weights.")

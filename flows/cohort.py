@@ -10,22 +10,22 @@ from __future__ import annotations
 
 import time
 
-import dask
 from prefect import flow, get_run_logger
-from prefect.futures import as_completed
 from prefect.runtime import flow_run
 
+from flows.fanout import (
+    commit_as_completed,
+    embedding_chunks,
+    empty_totals,
+    submit_embeddings,
+    submit_radiomics,
+)
 from flows.runners import task_runner
 from tasks.artifacts import publish_run_summary
 from tasks.cohort import ingest_task
 from tasks.config import Settings
-from tasks.embedding import (
-    EmbeddingPlan,
-    commit_embeddings_task,
-    embed_chunk_task,
-    plan_embeddings_task,
-)
-from tasks.radiomics import commit_radiomics_task, extract_chunk_task, plan_radiomics_task
+from tasks.embedding import plan_embeddings_task
+from tasks.radiomics import plan_radiomics_task
 from tasks.store import FeatureStore
 
 
@@ -35,45 +35,26 @@ def current_run_id(prefix: str) -> str:
 
 @flow(name="extract-features", log_prints=True)
 def extract_features(
-    radiomics_chunks: list[list[dict]],
-    params: dict,
-    embedding: EmbeddingPlan,
-    embedding_chunks: list[list[dict]],
     settings: Settings,
     run_id: str,
+    exam_from: str | None = None,
+    exam_to: str | None = None,
     force: bool = False,
 ) -> dict:
-    """Fan radiomics chunks out to every Dask worker and CNN chunks to GPU workers only;
-    commit each chunk as it finishes, so a crash keeps what was done."""
-    logger = get_run_logger()
-    futures = {}
-    for chunk in radiomics_chunks:
-        futures[extract_chunk_task.submit(chunk, params, settings)] = "radiomics"
-    with dask.annotate(resources={"GPU": 1}):
-        for chunk in embedding_chunks:
-            future = embed_chunk_task.submit(chunk, embedding.model, embedding.dual, settings)
-            futures[future] = "embeddings"
+    """Radiomics chunks to every Dask worker, CNN chunks to GPU workers only.
+
+    Plans are made here, not passed in: flow parameters are stored by the Prefect API and
+    must stay small and free of file paths."""
     store = FeatureStore(settings.store)
-    totals = {
-        "radiomics": {"rows": 0, "extracted": 0, "failed": 0},
-        "embeddings": {"rows": 0, "embedded": 0, "failed": 0, "workers": []},
-    }
-    expected = {
-        "radiomics": sum(map(len, radiomics_chunks)),
-        "embeddings": sum(map(len, embedding_chunks)),
-    }
-    for future in as_completed(list(futures)):
-        kind = futures[future]
-        commit = commit_radiomics_task if kind == "radiomics" else commit_embeddings_task
-        committed = commit(future.result(), store, run_id, force)
-        for key, value in committed.items():
-            if isinstance(value, list):
-                totals[kind][key] = sorted(set(totals[kind][key]) | set(value))
-            else:
-                totals[kind][key] += value
-        done = totals[kind]["failed"] + totals[kind].get("extracted", totals[kind].get("embedded"))
-        logger.info("%s: %d/%d cases committed", kind, done, expected[kind])
-    return totals
+    plan, params = plan_radiomics_task(store, settings, exam_from, exam_to, force)
+    embedding = plan_embeddings_task(store, settings, exam_from, exam_to, force)
+    submitted = submit_radiomics(
+        plan.chunks(settings.chunk_size, settings.n_workers), params, settings
+    )
+    submitted |= submit_embeddings(
+        embedding_chunks(embedding, settings), embedding.model, embedding.dual, settings
+    )
+    return commit_as_completed(submitted, store, run_id, force)
 
 
 @flow(name="cohort", log_prints=True)
@@ -106,7 +87,7 @@ def cohort(
     run_id = current_run_id("cohort")
 
     ingested = ingest_task(manifest, feature_store, settings, run_id)
-    plan, params = plan_radiomics_task(feature_store, settings, exam_from, exam_to, force)
+    plan, _ = plan_radiomics_task(feature_store, settings, exam_from, exam_to, force)
     chunks = plan.chunks(settings.chunk_size, settings.n_workers)
     logger.info(
         "radiomics: %d cases to extract in %d chunks, %d already stored",
@@ -115,8 +96,7 @@ def cohort(
         plan.skipped,
     )
     embedding = plan_embeddings_task(feature_store, settings, exam_from, exam_to, force)
-    # Each CNN chunk is batched inference: larger chunks than radiomics, one GPU worker.
-    embed_chunks = embedding.plan.chunks(settings.chunk_size * 4, 1)
+    embed_chunks = embedding_chunks(embedding, settings)
     logger.info(
         "embeddings (%s): %d cases to embed in %d chunks, %d already stored",
         embedding.version,
@@ -124,15 +104,12 @@ def cohort(
         len(embed_chunks),
         embedding.plan.skipped,
     )
-    totals = {
-        "radiomics": {"rows": 0, "extracted": 0, "failed": 0},
-        "embeddings": {"rows": 0, "embedded": 0, "failed": 0, "workers": []},
-    }
+    totals = empty_totals()
     extract_started = time.monotonic()
     if chunks or embed_chunks:  # the Dask cluster starts only when there is work for it
         runner = task_runner(settings)
         totals = extract_features.with_options(task_runner=runner)(
-            chunks, params, embedding, embed_chunks, settings, run_id, force
+            settings, run_id, exam_from, exam_to, force
         )
     extract_seconds = time.monotonic() - extract_started
 

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 
-from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.artifacts import (
+    create_link_artifact,
+    create_markdown_artifact,
+    create_table_artifact,
+)
 
 
 def summary_markdown(kind: str, summary: dict) -> str:
@@ -26,3 +30,18 @@ def publish_run_summary(kind: str, summary: dict) -> None:
         for key_, value in summary.items()
     ]
     create_table_artifact(table=rows, key=f"{kind}-run-counts", description=f"{kind} counts")
+
+
+def publish_evaluation(kind: str, evaluation: dict, report: dict[str, str]) -> None:
+    """The metrics table and a link to the report, on the run's Artifacts tab."""
+    from tasks.report import metrics_table
+
+    create_table_artifact(
+        table=metrics_table(evaluation),
+        key=f"{kind}-metrics",
+        description=f"{kind}: AUC (DeLong 95% CI) and threshold metrics per model and set",
+    )
+    link = report["html"]
+    if "://" not in link:
+        link = f"file://{link}"
+    create_link_artifact(link=link, link_text="validation report", key=f"{kind}-report")

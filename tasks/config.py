@@ -77,7 +77,10 @@ class Settings(BaseSettings):
     promote_alpha: float = Field(
         0.05, description="promote unless DeLong shows the candidate worse at this level"
     )
-    mlflow_tracking_uri: str | None = Field(None, validation_alias="MLFLOW_TRACKING_URI")
+    # Excluded from dumps: a database URI may hold a password, and flow parameters are logged.
+    mlflow_tracking_uri: str | None = Field(
+        None, validation_alias="MLFLOW_TRACKING_URI", exclude=True
+    )
 
     @field_validator("data_roots", mode="before")
     @classmethod

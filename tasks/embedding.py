@@ -1073,12 +1073,16 @@ def embed_chunk(
 
 
 def commit_embeddings(
-    result: tuple[list[dict[str, Any]], list[dict[str, Any]]],
+    result: tuple,
     store: FeatureStore,
     run_id: str,
     force: bool = False,
-) -> dict[str, int]:
-    rows, failures = result
+) -> dict[str, Any]:
+    """Write one chunk's rows (MERGE on the lineage keys) and its failures to quarantine.
+
+    ``result`` is ``(rows, failures)`` or ``(rows, failures, seconds)`` from the task."""
+    rows, failures = result[0], result[1]
+    seconds = float(result[2]) if len(result) > 2 else 0.0
     frame = pd.DataFrame(rows)
     if not frame.empty:
         frame["run_id"] = run_id
@@ -1097,6 +1101,7 @@ def commit_embeddings(
         "embedded": int(frame["case_id"].nunique()) if not frame.empty else 0,
         "failed": len(failures),
         "workers": sorted(set(frame["worker"])) if "worker" in frame else [],
+        "seconds": seconds,
     }
 
 
@@ -1114,7 +1119,7 @@ commit_embeddings_task = task(
 @task(name="embed", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 def embed_chunk_task(
     cases: list[dict[str, Any]], model: str, dual: bool, settings: Settings
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float]:
     """One GPU-resource Dask task: a chunk of cases; rows record the worker that ran it."""
     from distributed import get_worker
 
@@ -1123,7 +1128,30 @@ def embed_chunk_task(
         worker = str(get_worker().name)
     except ValueError:  # run outside Dask (a plain call)
         worker = "local"
+    started = time.perf_counter()
     rows, failures = embed_chunk(cases, model, dual, settings, log=get_run_logger())
     for row in rows:
         row["worker"] = worker
-    return rows, failures
+    return rows, failures, time.perf_counter() - started
+
+
+@task(name="finetune-cnn", cache_policy=NO_CACHE)
+def finetune_task(
+    cases: list[dict[str, Any]],
+    settings: Settings,
+    start: str,
+    table_versions: dict[str, int | None] | None = None,
+) -> dict[str, Any]:
+    """Fine-tune on a GPU-resource worker (CUDA when present); returns the model's meta."""
+    from distributed import get_worker
+
+    # Fine-tuning runs alone in a retrain: on a CPU-only machine it may use every core.
+    torch.set_num_threads(os.cpu_count() or 1)
+    meta = finetune(
+        cases, settings, FeatureStore(settings.store), start, table_versions, log=get_run_logger()
+    )
+    try:
+        meta["worker"] = str(get_worker().name)
+    except ValueError:
+        meta["worker"] = "local"
+    return meta

@@ -349,6 +349,12 @@ def extract_cases(
 STORE_KEYS = ["case_id", "region", "mask_variant", "image_sha256", "mask_sha256", "params_hash"]
 
 
+def current_params_hash(settings: Settings) -> str:
+    """The params hash rows extracted with the current settings carry."""
+    params = load_params(settings.radiomics_params)
+    return params_hash(params, ring_mm=settings.ring_mm, ring_px=settings.ring_px)
+
+
 def plan_radiomics(
     store: FeatureStore,
     settings: Settings,
@@ -358,7 +364,7 @@ def plan_radiomics(
 ) -> tuple[Plan, dict[str, Any]]:
     """Validated params and the current cases that lack rows for them."""
     params = load_params(settings.radiomics_params)
-    phash = params_hash(params, ring_mm=settings.ring_mm, ring_px=settings.ring_px)
+    phash = current_params_hash(settings)
     cohort = current_cohort(store.read("cohort"))
     stored = store.read("radiomics", columns=STORE_KEYS)
     return plan_cases(cohort, stored, "params_hash", phash, exam_from, exam_to, force), params

@@ -1,0 +1,101 @@
+"""The retrain flow: fine-tune the CNN, embed, fit the three models, evaluate, register,
+and promote to ``champion`` unless DeLong shows the candidate worse on external validation.
+"""
+
+from __future__ import annotations
+
+from prefect import flow, get_run_logger
+
+from flows.cohort import current_run_id
+from flows.fanout import commit_as_completed, embedding_chunks, submit_embeddings
+from flows.runners import task_runner
+from tasks.artifacts import publish_evaluation, publish_run_summary
+from tasks.config import Settings
+from tasks.embedding import finetune_task, plan_embeddings, start_weights
+from tasks.evaluation import cohort_flow_counts, compare_with_champion, evaluate
+from tasks.modeling import fit_models, load_features, training_cases
+from tasks.radiomics import current_params_hash
+from tasks.report import write_report
+from tasks.store import FeatureStore
+from tasks.tracking import champion, log_retrain, promote
+
+
+@flow(name="train-and-embed", log_prints=True)
+def train_and_embed(settings: Settings, run_id: str, table_versions: dict) -> dict:
+    """Fine-tune on a GPU-resource worker, then embed every case with the new model."""
+    import dask
+
+    store = FeatureStore(settings.store)
+    cases = training_cases(store, table_versions["cohort"])
+    with dask.annotate(resources={"GPU": 1}):
+        meta = finetune_task.submit(
+            cases, settings, start_weights(settings, store), table_versions
+        ).result()
+    plan = plan_embeddings(store, settings, model=meta["uri"])
+    chunks = embedding_chunks(plan, settings)
+    totals = commit_as_completed(
+        submit_embeddings(chunks, plan.model, plan.dual, settings), store, run_id
+    )
+    return {"cnn": meta, "embeddings": totals["embeddings"]}
+
+
+@flow(name="retrain", log_prints=True)
+def retrain(
+    store: str = "./store", workers: int | None = None, promote_champion: bool = True
+) -> dict:
+    """Retrain on the current cohort's training split and evaluate on every split.
+
+    Parameters
+    ----------
+    store: feature store root
+    workers: local Dask process workers (ignored on an existing cluster)
+    promote_champion: allow promotion (a dry run evaluates and registers only)
+    """
+    logger = get_run_logger()
+    settings = Settings(store=store, **({"n_workers": workers} if workers else {}))
+    feature_store = FeatureStore(settings.store)
+    run_id = current_run_id("retrain")
+    versions = feature_store.versions(("cohort", "radiomics", "embeddings"))
+    cases = training_cases(feature_store, versions["cohort"])
+    logger.info("retrain: %d labelled training cases (cohort v%s)", len(cases), versions["cohort"])
+
+    trained = train_and_embed.with_options(task_runner=task_runner(settings))(
+        settings, run_id, versions
+    )
+    cnn = trained["cnn"]
+    data = load_features(feature_store, current_params_hash(settings), cnn["version"])
+    models = fit_models(data, settings)
+    evaluation = evaluate(
+        models, data, run_id, "retrain", cohort_flow_counts(feature_store), {"cnn": cnn["version"]}
+    )
+    report = write_report(evaluation, feature_store.uri("reports", run_id))
+    logged = log_retrain(models, evaluation, report, settings, feature_store, cnn)
+
+    current = champion(settings, feature_store)
+    decision = compare_with_champion(models["COMB"], data, current, settings, feature_store)
+    if promote_champion and decision["promote"]:
+        promote(logged["registered_version"], settings, feature_store)
+        from tasks.embedding import set_current_model
+
+        set_current_model(feature_store, cnn["uri"])  # nightly runs embed with it from now on
+    summary = {
+        "run_id": run_id,
+        "training_cases": len(cases),
+        "cnn_model_version": cnn["version"],
+        "cnn_best_epoch": cnn.get("best_epoch"),
+        "cnn_worker": cnn.get("worker"),
+        "cases_embedded": trained["embeddings"]["embedded"],
+        "registered_version": logged["registered_version"],
+        "mlflow_run_id": logged["mlflow_run_id"],
+        "promoted": bool(promote_champion and decision["promote"]),
+        "promotion": decision["reason"],
+        "report": report["html"],
+        **{
+            f"auc_{name}_{split}": round(m["auc"], 3)
+            for name, sets in evaluation["models"].items()
+            for split, m in sets.items()
+        },
+    }
+    publish_evaluation("retrain", evaluation, report)
+    publish_run_summary("retrain", summary)
+    return summary
