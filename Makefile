@@ -10,7 +10,8 @@ SHARED_DATA ?= $(abspath ../shared/data)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export SLN_SHARED_DATA := $(SHARED_DATA)
 
-.PHONY: install demo test test-fast lint format ui run bench clean
+.PHONY: install demo demo-busbra test test-fast lint format ui serve run backfill retrain \
+	validate cluster cluster-stop worker-gpu bench ui-snapshot clean
 
 install: $(STAMP)
 
@@ -49,12 +50,51 @@ demo: $(STAMP)
 ui: $(STAMP)
 	$(BIN)/sln server
 
+# Schedules (nightly cohort + validate, weekly retrain, backfill deployment) run here.
+serve: $(STAMP)
+	$(BIN)/sln serve --store $(STORE) $(if $(MANIFEST),--manifest $(MANIFEST))
+
 run: $(STAMP)
 	@test -n "$(MANIFEST)" || (echo "usage: make run MANIFEST=path/to/manifest.csv [STORE=...]"; exit 2)
 	$(BIN)/sln run $(MANIFEST) --store $(STORE)
 
+# make backfill FROM=2022-01-01 TO=2022-06-30 [FORCE=1]
+backfill: $(STAMP)
+	@test -n "$(FROM)" -a -n "$(TO)" || (echo "usage: make backfill FROM=YYYY-MM-DD TO=YYYY-MM-DD [FORCE=1]"; exit 2)
+	$(BIN)/sln backfill --from $(FROM) --to $(TO) --store $(STORE) $(if $(FORCE),--force)
+
+retrain: $(STAMP)
+	$(BIN)/sln retrain --store $(STORE)
+
+validate: $(STAMP)
+	$(BIN)/sln validate --store $(STORE)
+
+# A scheduler, CPU workers and one GPU=1 worker as real processes on 127.0.0.1:8786.
+cluster: $(STAMP)
+	$(BIN)/sln cluster
+
+cluster-stop: $(STAMP)
+	$(BIN)/sln cluster --stop
+
+# make worker-gpu SCHEDULER=tcp://host:8786
+worker-gpu: $(STAMP)
+	@test -n "$(SCHEDULER)" || (echo "usage: make worker-gpu SCHEDULER=tcp://host:port"; exit 2)
+	$(BIN)/sln worker-gpu $(SCHEDULER)
+
+# BUS-BRA: real B-mode images, label = malignant, a held-out scanner as external validation.
+demo-busbra: $(STAMP)
+	$(BIN)/sln busbra --out demo-busbra/manifest.csv --limit-patients $(or $(PATIENTS),400)
+	SLN_DATA_ROOTS=$(SHARED_DATA)/busbra SLN_CNN_SIZE=112 SLN_CNN_EPOCHS=6 \
+	  $(BIN)/sln run demo-busbra/manifest.csv --store ./store-busbra
+	SLN_CNN_SIZE=112 SLN_CNN_EPOCHS=6 $(BIN)/sln retrain --store ./store-busbra
+	SLN_CNN_SIZE=112 $(BIN)/sln validate --store ./store-busbra
+
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench.bench_radiomics --cases $(or $(CASES),400) --out bench-out
+	$(BIN)/python -m tests.bench.bench_embedding --cases 200 --size 224 --out bench-out
+
+ui-snapshot: $(STAMP)
+	$(BIN)/python infra/ui_snapshot.py --flow-run-id latest
 
 clean:
-	rm -rf $(STORE) $(DEMO_DIR) .pytest_cache bench-out
+	rm -rf $(STORE) $(DEMO_DIR) .pytest_cache bench-out demo-busbra store-busbra

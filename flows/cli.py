@@ -234,6 +234,69 @@ def demo(
     typer.echo("Prefect UI: http://127.0.0.1:4200")
 
 
+@app.command()
+def backfill(
+    start: str = typer.Option(..., "--from", help="First exam date (YYYY-MM-DD)"),
+    end: str = typer.Option(..., "--to", help="Last exam date (YYYY-MM-DD)"),
+    store: str = typer.Option(None, help="Store root"),
+    force: bool = typer.Option(False, help="Re-extract the window, MERGE-replacing rows"),
+    manifest: str = typer.Option(None, help="Ingest this manifest first (optional)"),
+) -> None:
+    """Extract features for cases examined in a date window (idempotent)."""
+    _setup_logging()
+    from flows.cohort import backfill as backfill_flow
+
+    settings = Settings(**({"store": store} if store else {}))
+    _print(_with_api(lambda: backfill_flow(start, end, settings.store, force, manifest)))
+
+
+@app.command()
+def serve(
+    manifest: str = typer.Option(
+        None, envvar="SLN_NIGHTLY_MANIFEST", help="Manifest the nightly run ingests"
+    ),
+    store: str = typer.Option(None, help="Store root"),
+) -> None:
+    """Register the deployments and run their schedules here (nightly, weekly, backfill)."""
+    _setup_logging()
+    from flows.schedules import serve_all
+
+    settings = Settings(**({"store": store} if store else {}))
+    _with_api(lambda: serve_all(settings, manifest))
+
+
+@app.command()
+def cluster(
+    stop: bool = typer.Option(False, help="Stop the cluster started by this command"),
+    cpu_workers: int = typer.Option(2, help="CPU workers (plus one GPU=1 worker)"),
+    port: int = typer.Option(8786, help="Scheduler port on 127.0.0.1"),
+) -> None:
+    """Start a Dask scheduler, CPU workers and one GPU=1 worker as processes on loopback."""
+    from flows.cluster import start_cluster, stop_cluster
+
+    if stop:
+        typer.echo(f"stopped {stop_cluster()} processes")
+        return
+    address = start_cluster(cpu_workers, port)
+    typer.echo(f"Dask cluster up: {address} ({cpu_workers} CPU workers + gpu-0 with GPU=1)")
+    typer.echo(f"use it: export DASK_SCHEDULER_ADDRESS={address}   stop: sln cluster --stop")
+
+
+@app.command("worker-gpu")
+def worker_gpu(
+    scheduler: str = typer.Argument(..., help="Scheduler address, tcp://host:port"),
+    name: str = typer.Option("gpu-0", help="Worker name"),
+) -> None:
+    """Run one GPU=1 worker in the foreground, joined to an existing scheduler."""
+    import os
+
+    from flows.cluster import worker_command
+    from flows.runners import ONE_THREAD_ENV
+
+    cmd = worker_command(scheduler, name, gpu=True)
+    os.execvpe(cmd[0], cmd, {**os.environ, **ONE_THREAD_ENV})
+
+
 weights_app = typer.Typer(no_args_is_help=True, help="Offline CNN start weights.")
 app.add_typer(weights_app, name="weights")
 

@@ -22,7 +22,7 @@ from flows.fanout import (
 )
 from flows.runners import task_runner
 from tasks.artifacts import publish_run_summary
-from tasks.cohort import ingest_task
+from tasks.cohort import current_cohort, ingest_task, with_perturbation
 from tasks.config import Settings
 from tasks.embedding import plan_embeddings_task
 from tasks.radiomics import plan_radiomics_task
@@ -46,6 +46,7 @@ def extract_features(
     Plans are made here, not passed in: flow parameters are stored by the Prefect API and
     must stay small and free of file paths."""
     store = FeatureStore(settings.store)
+    settings = with_perturbation(current_cohort(store.read("cohort")), settings)
     plan, params = plan_radiomics_task(store, settings, exam_from, exam_to, force)
     embedding = plan_embeddings_task(store, settings, exam_from, exam_to, force)
     submitted = submit_radiomics(
@@ -57,9 +58,9 @@ def extract_features(
     return commit_as_completed(submitted, store, run_id, force)
 
 
-@flow(name="cohort", log_prints=True)
+@flow(name="cohort", log_prints=True, persist_result=True)
 def cohort(
-    manifest: str,
+    manifest: str | None = None,
     store: str = "./store",
     chunk_size: int = 20,
     workers: int | None = None,
@@ -71,7 +72,8 @@ def cohort(
 
     Parameters
     ----------
-    manifest: cohort manifest (CSV/Parquet, path or s3:// URI)
+    manifest: cohort manifest (CSV/Parquet, path or s3:// URI); None skips ingest and
+        works on the cases already in the store (backfills)
     store: feature store root (folder or s3://bucket/prefix)
     chunk_size: cases per Dask task
     workers: local Dask process workers (default: one per core; ignored on a cluster)
@@ -86,7 +88,8 @@ def cohort(
     feature_store = FeatureStore(settings.store)
     run_id = current_run_id("cohort")
 
-    ingested = ingest_task(manifest, feature_store, settings, run_id)
+    ingested = ingest_task(manifest, feature_store, settings, run_id) if manifest else None
+    settings = with_perturbation(current_cohort(feature_store.read("cohort")), settings)
     plan, _ = plan_radiomics_task(feature_store, settings, exam_from, exam_to, force)
     chunks = plan.chunks(settings.chunk_size, settings.n_workers)
     logger.info(
@@ -116,10 +119,10 @@ def cohort(
     seconds = time.monotonic() - started
     summary = {
         "run_id": run_id,
-        "manifest_rows": ingested.rows_in,
+        "manifest_rows": ingested.rows_in if ingested else 0,
         "cases_new": totals["radiomics"]["extracted"],
         "cases_skipped": plan.skipped,
-        "cases_quarantined": ingested.quarantined,
+        "cases_quarantined": ingested.quarantined if ingested else 0,
         "cases_failed": totals["radiomics"]["failed"],
         "radiomics_rows": totals["radiomics"]["rows"],
         "model_version": embedding.version,
@@ -138,7 +141,22 @@ def cohort(
     return summary
 
 
-def run_cohort(manifest: str, settings: Settings, **params) -> dict:
+@flow(name="backfill", log_prints=True, persist_result=True)
+def backfill(
+    start: str,
+    end: str,
+    store: str = "./store",
+    force: bool = False,
+    manifest: str | None = None,
+) -> dict:
+    """Re-run extraction for cases examined between ``start`` and ``end`` (ISO dates).
+
+    Idempotent: without ``force`` only missing rows are extracted; with ``force`` the
+    window is re-extracted and MERGEd, replacing rows so none is duplicated."""
+    return cohort(manifest=manifest, store=store, exam_from=start, exam_to=end, force=force)
+
+
+def run_cohort(manifest: str | None, settings: Settings, **params) -> dict:
     """Run the cohort flow; its Dask subflow uses the settings' cluster."""
     return cohort(
         manifest=manifest,

@@ -10,6 +10,7 @@ from flows.cohort import current_run_id
 from flows.fanout import commit_as_completed, embedding_chunks, submit_embeddings
 from flows.runners import task_runner
 from tasks.artifacts import publish_evaluation, publish_run_summary
+from tasks.cohort import current_cohort, with_perturbation
 from tasks.config import Settings
 from tasks.embedding import finetune_task, plan_embeddings, start_weights
 from tasks.evaluation import cohort_flow_counts, compare_with_champion, evaluate
@@ -26,6 +27,7 @@ def train_and_embed(settings: Settings, run_id: str, table_versions: dict) -> di
     import dask
 
     store = FeatureStore(settings.store)
+    settings = with_perturbation(current_cohort(store.read("cohort")), settings)
     cases = training_cases(store, table_versions["cohort"])
     with dask.annotate(resources={"GPU": 1}):
         meta = finetune_task.submit(
@@ -39,7 +41,7 @@ def train_and_embed(settings: Settings, run_id: str, table_versions: dict) -> di
     return {"cnn": meta, "embeddings": totals["embeddings"]}
 
 
-@flow(name="retrain", log_prints=True)
+@flow(name="retrain", log_prints=True, persist_result=True)
 def retrain(
     store: str = "./store", workers: int | None = None, promote_champion: bool = True
 ) -> dict:

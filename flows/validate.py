@@ -10,6 +10,7 @@ from flows.cohort import current_run_id
 from flows.fanout import commit_as_completed, submit_embeddings
 from flows.runners import task_runner
 from tasks.artifacts import publish_evaluation, publish_run_summary
+from tasks.cohort import current_cohort, with_perturbation
 from tasks.config import Settings
 from tasks.evaluation import check_floor, cohort_flow_counts, evaluate, prediction_rows
 from tasks.modeling import load_features
@@ -24,6 +25,7 @@ def embed_missing(model: str, settings: Settings, run_id: str) -> dict:
     from tasks.embedding import plan_embeddings
 
     store = FeatureStore(settings.store)
+    settings = with_perturbation(current_cohort(store.read("cohort")), settings)
     plan = plan_embeddings(store, settings, model=model)
     chunks = plan.plan.chunks(settings.chunk_size * 4, 1)
     return commit_as_completed(
@@ -31,7 +33,7 @@ def embed_missing(model: str, settings: Settings, run_id: str) -> dict:
     )
 
 
-@flow(name="validate", log_prints=True)
+@flow(name="validate", log_prints=True, persist_result=True)
 def validate(store: str = "./store", auc_floor: float | None = None, workers: int | None = None):
     """Score the champion on every current case; evaluate the labelled ones.
 
@@ -55,7 +57,8 @@ def validate(store: str = "./store", auc_floor: float | None = None, workers: in
 
     from tasks.embedding import plan_embeddings
 
-    if plan_embeddings(feature_store, settings, model=cnn["uri"]).plan.todo:
+    planned = with_perturbation(current_cohort(feature_store.read("cohort")), settings)
+    if plan_embeddings(feature_store, planned, model=cnn["uri"]).plan.todo:
         embed_missing.with_options(task_runner=task_runner(settings))(cnn["uri"], settings, run_id)
     data = load_features(feature_store, lineage["params_hash"], lineage["cnn_model_version"])
     models = bundle["models"]

@@ -52,6 +52,11 @@ class Settings(BaseSettings):
     # Peritumoral ring width: millimetres when pixel spacing is known, pixels otherwise.
     ring_mm: float = 3.0
     ring_px: int = 10
+    perturb_repeats: bool = Field(
+        True,
+        description="Cases without reader-2/repeat delineations also get a perturbed reader-1 "
+        "mask (erosion/dilation + contour noise) as the ICC filter's repeat",
+    )
     # CNN (dual-stream MobileNetV2): input crop, fine-tuning and embedding.
     cnn_start: str = Field(
         "auto",

@@ -42,9 +42,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from tasks import uris
-from tasks.cohort import MASK_VARIANTS, current_cohort, quarantine_frame
+from tasks.cohort import (
+    GENERATED_VARIANTS,
+    MASK_VARIANTS,
+    case_variants,
+    current_cohort,
+    perturbed_mask_sha,
+    quarantine_frame,
+)
 from tasks.config import Settings, code_version
-from tasks.imaging import InputError, _as_2d, _get, read_image, read_mask, to_grey
+from tasks.imaging import InputError, _as_2d, _get, read_image, to_grey, variant_mask
 from tasks.network import DualStreamMobileNetV2, build_network
 from tasks.plan import Plan, plan_cases
 from tasks.store import FeatureStore
@@ -77,9 +84,19 @@ AUGMENTATION = {
 
 
 # -- input: crops ----------------------------------------------------------------------------
-def mask_variants(case: Mapping[str, Any]) -> list[str]:
-    """The mask variants a row has (``reader1``, ``reader2``, ``repeat``), in that order."""
-    return [variant for variant, column in MASK_VARIANTS.items() if _get(case, column)]
+def mask_variants(case: Mapping[str, Any], perturb: bool = False) -> list[str]:
+    """The mask variants a row has (``reader1``, ``reader2``, ``repeat``), in that order,
+    then ``perturbed`` when ``perturb`` is on and the row has no real repeat
+    (:func:`tasks.cohort.case_variants` decides)."""
+    return [variant.name for variant in case_variants(case, perturb)]
+
+
+def variant_mask_sha(case: Mapping[str, Any], variant: str) -> str | None:
+    """The ``mask_sha256`` an embedding row of ``variant`` carries: the mask file's hash, or
+    for a generated variant the derived id of its source's hash (the store's lineage key)."""
+    column = GENERATED_VARIANTS.get(variant) or MASK_VARIANTS[variant]
+    sha = _image_sha(case, column)
+    return perturbed_mask_sha(sha) if sha and variant in GENERATED_VARIANTS else sha
 
 
 def crop_box(mask: np.ndarray, margin: float) -> tuple[float, float, float]:
@@ -181,15 +198,21 @@ def case_crops(
     size: int = 224,
     margin: float = 0.25,
     with_cdus: bool = True,
+    perturb: bool = False,
 ) -> dict[str, Crop]:
     """Crops of one case for several mask variants, reading each file once.
 
     Parameters
     ----------
     case : a ``cohort`` row.
-    variants : mask variants to crop around; None means every variant the row has.
+    variants : mask variants to crop around; None means every variant the row has
+        (:func:`mask_variants` with ``perturb``). ``"perturbed"`` may be asked for by name
+        whenever the row would get it with ``perturb`` on.
     size, margin : see :func:`crop_case`.
     with_cdus : also crop the CDUS image (when the row has one).
+    perturb : with ``variants=None``, also the ``perturbed`` variant of a row without a
+        real repeat (``settings.perturb_repeats``); its box follows the perturbed mask,
+        the same one radiomics measures (:func:`tasks.imaging.variant_mask`).
 
     Returns
     -------
@@ -201,7 +224,8 @@ def case_crops(
         An image or mask cannot be read, a mask is empty or does not fit the image, or a
         requested variant has no mask.
     """
-    variants = mask_variants(case) if variants is None else list(variants)
+    variants = mask_variants(case, perturb) if variants is None else list(variants)
+    available = {variant.name: variant for variant in case_variants(case, perturb=True)}
     bmus, grey = _bmus_array(_read(case, "bmus_image"))
     cdus = None
     if with_cdus and _get(case, "cdus_image"):
@@ -212,15 +236,19 @@ def case_crops(
         scale = (cdus.shape[0] / bmus.shape[0], cdus.shape[1] / bmus.shape[1])
     crops: dict[str, Crop] = {}
     for variant in variants:
-        column = MASK_VARIANTS[variant]
-        uri = _get(case, column)
-        if uri is None:
-            raise InputError(str(case.get("case_id")), f"no {variant} mask ({column})", column)
+        if variant not in available:
+            column = GENERATED_VARIANTS.get(variant) or MASK_VARIANTS[variant]
+            real_repeat = variant in GENERATED_VARIANTS and _get(case, column)
+            why = "the row has a real repeat" if real_repeat else column
+            raise InputError(str(case.get("case_id")), f"no {variant} mask ({why})", column)
+        spec = available[variant]
+        mask = variant_mask(case, spec, grey)  # InputError naming the file
         try:
             # A copy, not a view: a view of the temporary image would dangle.
-            box = crop_box(sitk.GetArrayFromImage(read_mask(str(uri), grey)), margin)
-        except (RuntimeError, ValueError, OSError) as exc:
-            raise InputError(str(uri), f"unusable mask: {_reason(exc)}", column) from exc
+            box = crop_box(sitk.GetArrayFromImage(mask), margin)
+        except ValueError as exc:
+            uri = str(case[spec.column])
+            raise InputError(uri, f"unusable mask: {_reason(exc)}", spec.column) from exc
         crops[variant] = (
             _crop(bmus, box, (1.0, 1.0), size),
             None if cdus is None else _crop(cdus, box, scale, size),
@@ -887,7 +915,7 @@ def _embed_batch(
                 "case_id": str(case["case_id"]),
                 "mask_variant": variant,
                 "image_sha256": _image_sha(case, "bmus_image"),
-                "mask_sha256": _image_sha(case, MASK_VARIANTS[variant]),
+                "mask_sha256": variant_mask_sha(case, variant),
                 "cdus_sha256": _image_sha(case, "cdus_image") if dual else None,
                 "bmus": vectors["bmus"][i].tolist(),
                 "cdus": vectors["cdus"][i].tolist() if dual else None,
@@ -906,6 +934,7 @@ def embed_cases(
     device: str | None = None,
     log: Logger | None = None,
     dual: bool | None = None,
+    perturb: bool = False,
 ) -> list[dict[str, Any]]:
     """Deep features of every case x mask variant present, as ``embeddings`` rows.
 
@@ -954,7 +983,7 @@ def embed_cases(
         "crop_margin": margin,
         "device": str(torch_device),
     }
-    total = sum(len(mask_variants(c)) for c in cases)
+    total = sum(len(mask_variants(c, perturb)) for c in cases)
     rows: list[dict[str, Any]] = []
     pending: list[tuple[Mapping[str, Any], str, torch.Tensor, torch.Tensor | None]] = []
     started, batches = time.perf_counter(), 0
@@ -975,7 +1004,8 @@ def embed_cases(
             )
 
     for case in cases:
-        for variant, (bmus, cdus) in case_crops(case, None, size, margin, model.dual).items():
+        crops = case_crops(case, None, size, margin, model.dual, perturb=perturb)
+        for variant, (bmus, cdus) in crops.items():
             pending.append((case, variant, bmus, cdus))
             if len(pending) == batch:
                 flush()
@@ -1026,7 +1056,16 @@ def plan_embeddings(
     stored = store.read("embeddings", columns=[*EMBEDDING_KEYS, "crop_size"])
     if not stored.empty:
         stored = stored[stored["crop_size"] == meta["input_size"]]
-    plan = plan_cases(cohort, stored, "model_version", version, exam_from, exam_to, force)
+    plan = plan_cases(
+        cohort,
+        stored,
+        "model_version",
+        version,
+        exam_from,
+        exam_to,
+        force,
+        settings.perturb_repeats,
+    )
     return EmbeddingPlan(plan=plan, model=spec, version=version, dual=bool(meta["dual"]))
 
 
@@ -1042,15 +1081,16 @@ def embed_chunk(
     The whole chunk goes through the batched path; only when it fails is it retried case by
     case, to isolate the bad case(s) without giving up batching in the common case.
     """
+    perturb = settings.perturb_repeats
     try:
-        return embed_cases(cases, model, settings, dual=dual, log=log), []
+        return embed_cases(cases, model, settings, dual=dual, log=log, perturb=perturb), []
     except (InputError, ValueError, RuntimeError):
         pass
     rows: list[dict[str, Any]] = []
     failures: list[dict[str, Any]] = []
     for case in cases:
         try:
-            rows.extend(embed_cases([case], model, settings, dual=dual, log=log))
+            rows.extend(embed_cases([case], model, settings, dual=dual, log=log, perturb=perturb))
         except InputError as exc:
             failures.append(
                 {

@@ -19,7 +19,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.cohort import current_cohort
 from tasks.metrics import calibration, decision_curve, delong_test, model_set_metrics, psi_table
-from tasks.modeling import SPLITS, FeatureData, FittedModel
+from tasks.modeling import SPLITS, FeatureData, FittedModel, icc_source
 from tasks.store import FeatureStore
 
 COMPARISONS = (("COMB", "ONLY_HF"), ("COMB", "ONLY_DF"))
@@ -103,12 +103,19 @@ def evaluate(
         }
     icc = {name: m.icc_applied for name, m in models.items()}
     pairs = data.pairs(data.cases.index[data.cases["split"] == "training"])
-    if any(icc.values()):
+    if any(icc.values()) and icc_source(pairs) == "perturbed masks":
+        cases = len(next(iter(pairs.values()))[0])
+        result["notes"].append(
+            f"ICC filter on perturbed masks (erosion/dilation + contour noise) of {cases} "
+            "training cases: the cohort has no repeat delineations among its training cases"
+        )
+    elif any(icc.values()):
         sizes = ", ".join(f"{k} {len(v[0])} training cases" for k, v in pairs.items())
         result["notes"].append(f"ICC filter on repeat delineations ({sizes})")
     else:
         result["notes"].append(
-            "ICC filter NOT applied: the training cases have no reader-2 or repeat delineations"
+            "ICC filter NOT applied: the training cases have no reader-2 or repeat delineations "
+            "and no perturbed masks (SLN_PERTURB_REPEATS)"
         )
     result["drift"] = drift(models.get("COMB") or next(iter(models.values())), data)
     result["cohort_flow"] = cohort_flow or {}

@@ -3,11 +3,14 @@
 Reads image and mask files (PNG/JPEG/BMP, DICOM, NIfTI/NRRD; local paths or fsspec URIs
 such as ``s3://``) through SimpleITK and turns one ``cohort`` row into :class:`Region`
 objects: the lesion (intratumoral) and a peritumoral ring around it, for every mask
-variant the row has (reader 1, reader 2, repeat delineation). Writes nothing.
+variant the row has (reader 1, reader 2, repeat delineation) and, when asked, for a
+perturbed reader-1 mask (:func:`perturb_mask`), the repeat of a case that has no real
+one. Writes nothing.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from collections.abc import Mapping
@@ -16,12 +19,11 @@ from pathlib import PurePosixPath
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import SimpleITK as sitk
 from scipy import ndimage
 
 from tasks import uris
-from tasks.cohort import MASK_VARIANTS
+from tasks.cohort import GENERATED_VARIANTS, MaskVariant, case_variants, known
 
 # ITU-R BT.601 luma weights, as PIL's "L" mode: the grey a scanner's RGB export came from.
 LUMA = np.array([0.299, 0.587, 0.114])
@@ -45,12 +47,12 @@ class Region:
     """One image region to measure, with the content hashes it was derived from."""
 
     region: str  # "intratumoral" | "peritumoral"
-    mask_variant: str  # "reader1" | "reader2" | "repeat"
+    mask_variant: str  # "reader1" | "reader2" | "repeat" | "perturbed"
     image: sitk.Image  # float32, one channel, 2D
     mask: sitk.Image  # uint8 0/1 on the image's grid
     image_sha256: str | None
     mask_sha256: str | None
-    mask_file: str  # the mask file this region came from, for error reports
+    mask_file: str  # the mask file this region came from (a perturbed mask's source)
     mask_column: str  # its manifest column
 
 
@@ -127,11 +129,7 @@ def read_mask(uri: str, like: sitk.Image) -> sitk.Image:
     return _like((array != 0).astype(np.uint8), like)
 
 
-def _known(value: Any) -> bool:
-    """True for a usable value: not None/NaN/NA (as pandas rows carry them), not ""."""
-    if value is None or (np.ndim(value) == 0 and pd.isna(value)):
-        return False
-    return str(value).strip() != ""
+_known = known  # one definition of "the row has a value", shared with the cohort step
 
 
 def _get(case: Mapping[str, Any], key: str) -> Any:
@@ -190,34 +188,126 @@ def _reason(exc: BaseException) -> str:
     return lines[-1] if lines else type(exc).__name__
 
 
-def case_regions(case: Mapping[str, Any], ring_mm: float = 3.0, ring_px: int = 10) -> list[Region]:
+# -- perturbed masks: the repeat of a case without repeat delineations ----------------------
+# Contour displacement in pixels: an erosion or dilation of 1-2 px (or none, each a third of
+# the time) plus a smooth random field whose standard deviation is drawn from 1-2 px
+# (clipped at twice that), correlated along the contour over about a quarter of the
+# lesion's radius: a smooth disagreement of a few pixels, as between two outlines of one
+# lesion. These sizes are a judgement, not fitted to measured reader variability; a cohort
+# with real repeat delineations should use those (tasks.modeling.FeatureData.pairs does).
+# Lesions under 15 px in equivalent radius move proportionally less.
+PERTURB_SHIFT_PX = (1, 2)
+PERTURB_NOISE_PX = (1.0, 2.0)
+PERTURB_MIN_PIXELS = 20
+PERTURB_FULL_RADIUS_PX = 15.0  # smaller lesions (equivalent radius) move proportionally less
+
+
+def perturb_seed(case_id: str, mask_sha256: str | None) -> int:
+    """A stable seed per case and source mask (SHA-256, not Python's salted ``hash()``)."""
+    digest = hashlib.sha256(f"sln-perturb:{case_id}:{mask_sha256 or ''}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def perturb_mask(mask: np.ndarray, seed: int) -> np.ndarray:
+    """A plausible second delineation of a lesion: the mask's contour moved a few pixels.
+
+    The contour is the zero level of the mask's signed distance map (positive inside, the
+    boundary half-way between pixel centres). Adding a constant moves it out or in (a
+    round dilation or erosion by 1-2 px, or none); adding a smooth random field moves it by
+    a different amount along the contour (noise, 1-2 px). Deterministic for a ``seed``.
+
+    Parameters
+    ----------
+    mask : 2D array, any nonzero value is the lesion.
+    seed : see :func:`perturb_seed`.
+
+    Returns
+    -------
+    uint8 0/1 array of the mask's shape. The mask itself (0/1) when the perturbed one would
+    have fewer than 20 pixels, so the result is never empty.
+    """
+    lesion = np.asarray(mask) != 0
+    original = lesion.astype(np.uint8)
+    if lesion.ndim != 2:
+        raise ValueError(f"perturb_mask takes a 2D mask, got shape {lesion.shape}")
+    if lesion.sum() < PERTURB_MIN_PIXELS:
+        return original
+    rng = np.random.default_rng(seed)
+    # A small lesion moves less: a few pixels would be a different lesion, not a re-read.
+    radius = np.sqrt(lesion.sum() / np.pi)  # of the disk with the lesion's area
+    scale = min(1.0, radius / PERTURB_FULL_RADIUS_PX)
+    shift = rng.choice((-1, 0, 1)) * rng.integers(PERTURB_SHIFT_PX[0], PERTURB_SHIFT_PX[1] + 1)
+    shift *= scale
+    amplitude = rng.uniform(*PERTURB_NOISE_PX) * scale
+    # Work on the lesion's box plus the largest displacement: the same result, much less
+    # work than the whole frame.
+    reach = int(np.ceil(abs(shift) + 2 * amplitude)) + 2
+    rows, cols = np.flatnonzero(lesion.any(axis=1)), np.flatnonzero(lesion.any(axis=0))
+    top, left = max(rows[0] - reach, 0), max(cols[0] - reach, 0)
+    bottom = min(rows[-1] + reach + 1, lesion.shape[0])
+    right = min(cols[-1] + reach + 1, lesion.shape[1])
+    box = lesion[top:bottom, left:right]
+    signed = np.where(
+        box,
+        ndimage.distance_transform_edt(box) - 0.5,
+        0.5 - ndimage.distance_transform_edt(~box),
+    )
+    field = ndimage.gaussian_filter(
+        rng.standard_normal(box.shape), sigma=max(2.0, radius / 4), mode="reflect"
+    )
+    field /= field.std() or 1.0
+    noise = amplitude * np.clip(field, -2.0, 2.0)
+    out = np.zeros_like(original)
+    out[top:bottom, left:right] = signed + shift + noise > 0
+    return out if out.sum() >= PERTURB_MIN_PIXELS else original
+
+
+def variant_mask(case: Mapping[str, Any], variant: MaskVariant, like: sitk.Image) -> sitk.Image:
+    """The mask of one variant of a case on the grid of ``like``: its file, or for a
+    generated variant its source file perturbed (:func:`perturb_mask`, seeded by the case
+    and the source's hash). Radiomics and embedding both read masks here, so a perturbed
+    mask is the same in both.
+
+    Raises :class:`InputError` naming the file when the mask cannot be read or used.
+    """
+    uri = str(case[variant.column])
+    try:
+        mask = read_mask(uri, like)
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise InputError(uri, f"unusable mask: {_reason(exc)}", variant.column) from exc
+    if variant.name not in GENERATED_VARIANTS:
+        return mask
+    seed = perturb_seed(str(case.get("case_id")), _get(case, f"{variant.column}_sha256"))
+    return _like(perturb_mask(sitk.GetArrayViewFromImage(mask), seed), like)
+
+
+def case_regions(
+    case: Mapping[str, Any], ring_mm: float = 3.0, ring_px: int = 10, perturb: bool = False
+) -> list[Region]:
     """The regions of one ``cohort`` row: lesion and ring for each mask variant present.
 
     The image is read once. Hashes come from the row's ``<column>_sha256`` values (the
-    cohort step computed them), so files are not hashed again. Raises :class:`InputError`
-    naming the file when an image or mask cannot be read or does not fit the image.
+    cohort step computed them), so files are not hashed again. With ``perturb``
+    (``settings.perturb_repeats``), a row without reader-2 and repeat delineations also
+    gets the regions of its perturbed reader-1 mask (variant ``perturbed``, the ring grown
+    from the perturbed lesion); :func:`tasks.cohort.case_variants` decides. Raises
+    :class:`InputError` naming the file when an image or mask cannot be read or does not
+    fit the image.
     """
     spacing = _get(case, "pixel_spacing_mm")
     spacing = None if spacing is None else float(spacing)
     image = _read_grey(str(case["bmus_image"]), "bmus_image", spacing)
     regions: list[Region] = []
-    for variant, column in MASK_VARIANTS.items():
-        uri = _get(case, column)
-        if uri is None:
-            continue
-        uri = str(uri)
-        try:
-            mask = read_mask(uri, image)
-        except (RuntimeError, ValueError, OSError) as exc:
-            raise InputError(uri, f"unusable mask: {_reason(exc)}", column) from exc
+    for variant in case_variants(case, perturb):
+        mask = variant_mask(case, variant, image)
         ring = peritumoral_ring(mask, ring_mm, ring_px, spacing)
         common = {
-            "mask_variant": variant,
+            "mask_variant": variant.name,
             "image": image,
             "image_sha256": _get(case, "bmus_image_sha256"),
-            "mask_sha256": _get(case, f"{column}_sha256"),
-            "mask_file": uri,
-            "mask_column": column,
+            "mask_sha256": variant.mask_sha256,
+            "mask_file": str(case[variant.column]),
+            "mask_column": variant.column,
         }
         regions.append(Region(region="intratumoral", mask=mask, **common))
         regions.append(Region(region="peritumoral", mask=ring, **common))

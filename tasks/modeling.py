@@ -10,7 +10,8 @@ models of the paper are sklearn Pipelines over those columns::
     COMB     features(hf, df)  -> LASSO -> logistic regression
 
 where ``features`` is, per family: impute -> standardise (-> PCA -> standardise for deep
-features) -> ICC filter (on repeat delineations) -> Pearson filter. Everything learned
+features) -> ICC filter (on repeat delineations; on perturbed reader-1 masks when the
+training cases have none, see :meth:`FeatureData.pairs`) -> Pearson filter. Everything learned
 (imputer, scaler, PCA, ICC/Pearson/LASSO selection, coefficients, the Youden threshold) sees
 training rows only: :func:`fit_models` drops every other row before fitting.
 """
@@ -32,8 +33,9 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from tasks.cohort import MASK_VARIANTS, current_cohort
+from tasks.cohort import GENERATED_VARIANTS, MASK_VARIANTS, PERTURBED, current_cohort
 from tasks.metrics import youden_threshold
+from tasks.plan import variant_keys
 from tasks.radiomics import META_COLUMNS
 from tasks.selection import ICCFilter, LassoSelector, PearsonFilter
 from tasks.store import FeatureStore
@@ -42,8 +44,15 @@ log = logging.getLogger(__name__)
 
 MODELS = {"ONLY_HF": ("hf",), "ONLY_DF": ("df",), "COMB": ("hf", "df")}
 SPLITS = ("training", "validation", "testing")
-# Repeat sets for the ICC filter: (name, reference variant, repeat variant).
-REPEAT_SETS = (("inter", "reader1", "reader2"), ("intra", "reader1", "repeat"))
+# Repeat sets for the ICC filter: (name, reference variant, repeat variant). The sets of a
+# generated repeat variant (a perturbed mask) are a fallback: FeatureData.pairs uses them
+# only when no real delineation set is available.
+REPEAT_SETS = (
+    ("inter", "reader1", "reader2"),
+    ("intra", "reader1", "repeat"),
+    (PERTURBED, "reader1", PERTURBED),
+)
+MIN_REPEATS = 3  # cases a repeat set needs to be used
 _NOT_FEATURES = {*META_COLUMNS, "run_id", "code_version", "extracted_at"}
 
 
@@ -62,27 +71,54 @@ class FeatureData:
     def pairs(
         self, case_ids: pd.Index | None = None
     ) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
-        """ICC repeat sets, restricted to ``case_ids`` (the training cases when fitting)."""
-        out = {}
+        """ICC repeat sets, restricted to ``case_ids`` (the training cases when fitting).
+
+        The real delineation sets (``inter``: reader 2, ``intra``: reader 1's repeat) when
+        any of them has at least three of the cases; only when none has, the ``perturbed``
+        set (reader 1's mask eroded/dilated with contour noise). A second delineation
+        measures how readers really differ, a perturbation only models it, so the two are
+        never mixed and the real one always wins.
+        """
+        real: dict[str, tuple[pd.DataFrame, pd.DataFrame]] = {}
+        generated: dict[str, tuple[pd.DataFrame, pd.DataFrame]] = {}
         for name, ref, rep in REPEAT_SETS:
-            if rep not in self.X:
+            if ref not in self.X or rep not in self.X:
                 continue
             common = self.X[ref].index.intersection(self.X[rep].index)
             if case_ids is not None:
                 common = common.intersection(case_ids)
-            if len(common) >= 3:
+            if len(common) >= MIN_REPEATS:
+                out = generated if rep in GENERATED_VARIANTS else real
                 out[name] = (self.X[ref].loc[common], self.X[rep].loc[common])
-        return out
+        return real or generated
+
+
+def icc_source(pairs: dict[str, Any]) -> str:
+    """What repeat sets ``pairs`` come from: ``"delineations"``, ``"perturbed masks"`` or
+    ``"none"``."""
+    if not pairs:
+        return "none"
+    generated = {name for name, _, rep in REPEAT_SETS if rep in GENERATED_VARIANTS}
+    return "perturbed masks" if set(pairs) <= generated else "delineations"
+
+
+def _current_keys(cohort: pd.DataFrame) -> pd.DataFrame:
+    """(case_id, mask_variant, image_sha256, mask_sha256) of every mask variant of the
+    current cohort rows, the perturbed ones included where a case gets one (the derived
+    mask id, as :func:`tasks.plan.variant_keys` plans them)."""
+    records = cohort.astype(object).where(cohort.notna(), None).to_dict("records")
+    keys = [key for case in records for key in variant_keys(case, perturb=True)]
+    return pd.DataFrame(keys, columns=["case_id", "mask_variant", "image_sha256", "mask_sha256"])
 
 
 def _matching(rows: pd.DataFrame, cohort: pd.DataFrame, variant: str) -> pd.DataFrame:
     """Rows whose image and mask hashes are the current cohort version's."""
-    column = MASK_VARIANTS[variant]
-    current = cohort[["case_id", "bmus_image_sha256", f"{column}_sha256"]].rename(
-        columns={"bmus_image_sha256": "image_sha256", f"{column}_sha256": "mask_sha256"}
-    )
+    current = _current_keys(cohort)
+    current = current[current["mask_variant"] == variant]
     rows = rows[rows["mask_variant"] == variant]
-    return rows.merge(current, on=["case_id", "image_sha256", "mask_sha256"], how="inner")
+    return rows.merge(
+        current, on=["case_id", "mask_variant", "image_sha256", "mask_sha256"], how="inner"
+    )
 
 
 def radiomics_matrix(radiomics: pd.DataFrame, cohort: pd.DataFrame, variant: str) -> pd.DataFrame:
@@ -124,7 +160,7 @@ def load_features(
     embeddings = store.read("embeddings", version=versions["embeddings"])
     embeddings = embeddings[embeddings["model_version"] == model_version]
     X: dict[str, pd.DataFrame] = {}
-    for variant in MASK_VARIANTS:
+    for variant in (*MASK_VARIANTS, *GENERATED_VARIANTS):
         hf = radiomics_matrix(radiomics, cohort, variant)
         df = embedding_matrix(embeddings, cohort, variant)
         if hf.empty or df.empty:
@@ -145,7 +181,10 @@ def load_features(
         "cases_with_features": int(len(cases)),
         "cases_in_cohort": int(len(cohort)),
     }
-    return FeatureData(X=X, cases=cases, lineage=lineage)
+    data = FeatureData(X=X, cases=cases, lineage=lineage)
+    # The repeats the ICC filter will use, as fit_models picks them (labelled training rows).
+    data.lineage["icc_source"] = icc_source(data.pairs(training_rows(data)[0].index))
+    return data
 
 
 class FamilyFeatures(TransformerMixin, BaseEstimator):
@@ -305,7 +344,11 @@ def fit_models(data: FeatureData, settings: Any, names=tuple(MODELS)) -> dict[st
         raise ValueError(f"training split needs both labels, has {y.value_counts().to_dict()}")
     pairs = data.pairs(X.index)
     if not pairs:
-        log.warning("no repeat delineations among training cases: ICC filter not applied")
+        log.warning(
+            "no repeat delineations or perturbed masks among training cases: ICC filter not applied"
+        )
+    elif icc_source(pairs) == "perturbed masks":
+        log.info("no repeat delineations among training cases: ICC filter on perturbed masks")
     models = {}
     for name in names:
         pipeline = clone(build_pipeline(MODELS[name], settings))

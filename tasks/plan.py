@@ -4,7 +4,9 @@ A case needs radiomics when one of its mask variants has no row for the current
 (image hash, mask hash, params hash): new cases, changed files and changed settings are
 extracted, everything else is skipped. Embeddings plan the same way with the model
 version in place of the params hash. Backfills narrow the cases by ``exam_date`` and
-may force re-extraction of the window.
+may force re-extraction of the window. With ``perturb`` (``settings.perturb_repeats``) a
+case without repeat delineations also needs its ``perturbed`` rows, keyed by the derived
+mask id (:func:`tasks.cohort.case_variants`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from tasks.cohort import MASK_VARIANTS
+from tasks.cohort import case_variants
 
 
 @dataclass
@@ -44,14 +46,14 @@ def in_window(cohort: pd.DataFrame, exam_from: str | None, exam_to: str | None) 
     return cohort[keep]
 
 
-def variant_keys(case: dict) -> list[tuple[str, str, str, str]]:
-    """(case_id, mask_variant, image hash, mask hash) for every mask variant a case has."""
-    keys = []
-    for variant, column in MASK_VARIANTS.items():
-        mask_hash = case.get(f"{column}_sha256")
-        if isinstance(mask_hash, str) and mask_hash:
-            keys.append((case["case_id"], variant, case["bmus_image_sha256"], mask_hash))
-    return keys
+def variant_keys(case: dict, perturb: bool = False) -> list[tuple[str, str, str, str]]:
+    """(case_id, mask_variant, image hash, mask hash) for every mask variant a case has;
+    with ``perturb``, its ``perturbed`` variant too when it has no real repeat."""
+    return [
+        (case["case_id"], variant.name, case["bmus_image_sha256"], variant.mask_sha256)
+        for variant in case_variants(case, perturb)
+        if variant.mask_sha256
+    ]
 
 
 def plan_cases(
@@ -62,8 +64,10 @@ def plan_cases(
     exam_from: str | None = None,
     exam_to: str | None = None,
     force: bool = False,
+    perturb: bool = False,
 ) -> Plan:
-    """Cases of ``cohort`` lacking a stored row for ``version`` in any mask variant."""
+    """Cases of ``cohort`` lacking a stored row for ``version`` in any mask variant
+    (``perturbed`` included with ``perturb``)."""
     window = in_window(cohort, exam_from, exam_to)
     cases = window.astype(object).where(window.notna(), None).to_dict("records")
     if force or stored.empty:
@@ -78,5 +82,5 @@ def plan_cases(
             strict=True,
         )
     )
-    todo = [case for case in cases if not set(variant_keys(case)) <= done]
+    todo = [case for case in cases if not set(variant_keys(case, perturb)) <= done]
     return Plan(todo=todo, skipped=len(cases) - len(todo), window=len(cases))

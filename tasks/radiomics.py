@@ -267,6 +267,7 @@ def extract_case(
     ring_mm: float = 3.0,
     ring_px: int = 10,
     extractor: featureextractor.RadiomicsFeatureExtractor | None = None,
+    perturb: bool = False,
 ) -> list[dict[str, Any]]:
     """``radiomics`` rows of one ``cohort`` row: one per region x mask variant.
 
@@ -278,7 +279,7 @@ def extract_case(
     extractor = extractor or make_extractor(params)
     phash = params_hash(params, ring_mm=ring_mm, ring_px=ring_px)
     try:
-        regions = case_regions(case, ring_mm, ring_px)
+        regions = case_regions(case, ring_mm, ring_px, perturb)
     except InputError as exc:
         raise ExtractionError(case_id, exc.file, exc.reason, exc.column) from exc
     if not regions:
@@ -316,6 +317,7 @@ def extract_cases(
     ring_mm: float = 3.0,
     ring_px: int = 10,
     log: Logger | None = None,
+    perturb: bool = False,
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Extract a chunk of cases: ``(rows, failures)``; one bad case never stops the chunk.
 
@@ -329,7 +331,9 @@ def extract_cases(
     start = time.perf_counter()
     for k, case in enumerate(cases, start=1):
         try:
-            rows.extend(extract_case(case, params, ring_mm, ring_px, extractor=extractor))
+            rows.extend(
+                extract_case(case, params, ring_mm, ring_px, extractor=extractor, perturb=perturb)
+            )
         except ExtractionError as exc:
             out.warning("radiomics quarantine: %s", exc)
             failures.append(exc.quarantine_entry())
@@ -367,7 +371,10 @@ def plan_radiomics(
     phash = current_params_hash(settings)
     cohort = current_cohort(store.read("cohort"))
     stored = store.read("radiomics", columns=STORE_KEYS)
-    return plan_cases(cohort, stored, "params_hash", phash, exam_from, exam_to, force), params
+    plan = plan_cases(
+        cohort, stored, "params_hash", phash, exam_from, exam_to, force, settings.perturb_repeats
+    )
+    return plan, params
 
 
 def commit_radiomics(
@@ -415,4 +422,11 @@ def extract_chunk_task(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """One Dask task: a chunk of cases, progress to the Prefect run log."""
     limit_threads()
-    return extract_cases(chunk, params, settings.ring_mm, settings.ring_px, log=get_run_logger())
+    return extract_cases(
+        chunk,
+        params,
+        settings.ring_mm,
+        settings.ring_px,
+        log=get_run_logger(),
+        perturb=settings.perturb_repeats,
+    )

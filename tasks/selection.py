@@ -538,14 +538,21 @@ def _score(scoring: str, logit: np.ndarray, y01: np.ndarray) -> float:
 
 
 def _l1_logistic(C: float, max_iter: int, tol: float, random_state, warm_start: bool = False):
-    """L1 logistic regression with an unpenalised intercept (saga), across sklearn versions."""
+    """L1 logistic regression, across sklearn versions.
+
+    liblinear's coordinate descent is one to two orders of magnitude faster than saga on
+    radiomics-shaped data (a few hundred cases, hundreds of correlated features), which
+    matters with 10 folds x 50 penalties. liblinear penalises the intercept like a weight;
+    a large ``intercept_scaling`` makes that penalty negligible. ``warm_start`` is accepted
+    for the caller's convenience and ignored by liblinear.
+    """
     kwargs = dict(
         C=C,
-        solver="saga",
+        solver="liblinear",
+        intercept_scaling=100.0,
         max_iter=max_iter,
         tol=tol,
         random_state=random_state,
-        warm_start=warm_start,
     )
     # scikit-learn 1.8 deprecated penalty= in favour of l1_ratio=.
     if inspect.signature(LogisticRegression).parameters["penalty"].default == "deprecated":
@@ -585,11 +592,11 @@ class LassoSelector(SelectorMixin, BaseEstimator):
         CV score: mean held-out log loss (half the binomial deviance per case; lower is
         better), or ROC AUC (higher is better).
     random_state : int, RandomState instance or None, default=0
-        Seeds the fold shuffle and the saga solver.
+        Seeds the fold shuffle and liblinear's coordinate order.
     max_iter : int, default=5000
-        Maximum saga epochs per fit.
+        Maximum liblinear iterations per fit.
     tol : float, default=1e-4
-        saga stopping tolerance.
+        liblinear stopping tolerance.
 
     Attributes
     ----------
@@ -606,7 +613,7 @@ class LassoSelector(SelectorMixin, BaseEstimator):
     intercept_ : float
         Intercept of the refit model.
     n_iter_ : int
-        saga epochs of the refit model.
+        liblinear iterations of the refit model.
     fallback_ : bool
         True when the rule's ``C`` selected no feature and the smallest ``C`` selecting at
         least one was used instead: a model without features cannot score a case, so an
@@ -620,10 +627,11 @@ class LassoSelector(SelectorMixin, BaseEstimator):
 
     Notes
     -----
-    The CV loop runs explicitly over the grid, each fold warm-starting along increasing
-    ``C``, so both rules are exact on the grid; the full-data fits are cold, one per ``C``,
-    and the selected model is the one at ``C_``. The solver is saga, whose intercept is not
-    penalised (liblinear's is). scikit-learn's objective is ``||w||_1 + C sum_i
+    The CV loop runs explicitly over the grid, so both rules are exact on the grid; the
+    full-data fits are one per ``C``, and the selected model is the one at ``C_``. The
+    solver is liblinear (coordinate descent; much faster than saga at these shapes); it
+    penalises the intercept like a weight, made negligible by ``intercept_scaling=100``.
+    scikit-learn's objective is ``||w||_1 + C sum_i
     logloss_i``, i.e. ``C = 1 / (n lambda)`` in glmnet's notation. ``y`` must be binary;
     like :class:`PearsonFilter`, the class passes ``check_estimator`` through a subclass
     that binarises its 3-class targets.

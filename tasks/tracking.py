@@ -100,7 +100,11 @@ def log_retrain(
             joblib.dump({"models": models, "lineage": lineage, "cnn": cnn_meta}, bundle)
             mlflow.log_artifact(str(bundle), str(Path(BUNDLE).parent))
         info = mlflow.sklearn.log_model(
-            models["COMB"].pipeline, name="COMB", registered_model_name=REGISTERED
+            models["COMB"].pipeline,
+            name="COMB",
+            registered_model_name=REGISTERED,
+            # skops cannot serialise pandas-backed fitted state (selection tables).
+            serialization_format="cloudpickle",
         )
         run_id = run.info.run_id
     version = _version_of(client, run_id)

@@ -22,6 +22,12 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="session")
+def free_tcp_port():
+    """A function returning a free loopback port."""
+    return free_port
+
+
+@pytest.fixture(scope="session")
 def shared_data() -> Path:
     path = Path(os.environ.get("SLN_SHARED_DATA", default_shared_data()))
     if not path.is_dir():

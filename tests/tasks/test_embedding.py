@@ -15,21 +15,25 @@ import torch
 import torchvision
 from PIL import Image
 
-from tasks.cohort import validate_manifest
+from tasks.cohort import perturbed_mask_sha, validate_manifest
 from tasks.config import Settings
 from tasks.embedding import (
     CropDataset,
     augment,
+    case_crops,
+    crop_box,
     crop_case,
     early_stopping_fold,
     embed_cases,
     finetune,
     load_model,
+    mask_variants,
     model_for,
     start_version,
     start_weights,
+    variant_mask_sha,
 )
-from tasks.imaging import InputError
+from tasks.imaging import InputError, perturb_mask, perturb_seed
 from tasks.store import FeatureStore
 
 torch.set_num_threads(1)
@@ -138,6 +142,46 @@ def test_empty_or_missing_mask_names_the_file(tmp_path):
     assert err.value.column == "bmus_mask"
     with pytest.raises(InputError, match="no reader2 mask"):
         crop_case(case, mask_variant="reader2")
+
+
+def test_crops_of_the_perturbed_mask_when_asked(tmp_path):
+    bmus = (np.arange(80 * 100).reshape(80, 100) % 251).astype(np.uint8)
+    yy, xx = np.mgrid[:80, :100]
+    mask = (((yy - 40) ** 2 + (xx - 50) ** 2) <= 20**2).astype(np.uint8)
+    case = _case(tmp_path, bmus, mask) | {"bmus_mask_sha256": "m1"}
+    assert mask_variants(case) == ["reader1"]
+    assert mask_variants(case, perturb=True) == ["reader1", "perturbed"]
+    assert list(case_crops(case, size=SIZE)) == ["reader1"]
+    crops = case_crops(case, size=SIZE, perturb=True)
+    assert list(crops) == ["reader1", "perturbed"]
+    # The box follows the perturbed mask: the one radiomics measures, seeded by the case.
+    perturbed = perturb_mask(mask, perturb_seed("C1", "m1"))
+    assert crop_box(perturbed, 0.25) != crop_box(mask, 0.25)
+    box = crop_box(perturbed, 0.25)
+    side = round(box[2])
+    window = bmus[
+        round(box[0] - side / 2) : round(box[0] - side / 2) + side,
+        round(box[1] - side / 2) : round(box[1] - side / 2) + side,
+    ]
+    expected = torch.nn.functional.interpolate(
+        torch.from_numpy(window / 255.0).float()[None, None],
+        size=(SIZE, SIZE),
+        mode="bilinear",
+        antialias=True,
+        align_corners=False,
+    )[0]
+    torch.testing.assert_close(crops["perturbed"][0], expected, atol=1e-5, rtol=0)
+    assert not torch.equal(crops["perturbed"][0], crops["reader1"][0])
+    # Asked for by name: the same crop.
+    torch.testing.assert_close(case_crops(case, ["perturbed"], SIZE)["perturbed"][0], expected)
+    assert variant_mask_sha(case, "perturbed") == perturbed_mask_sha("m1")
+    assert variant_mask_sha(case, "reader1") == "m1"
+
+    # A case with a real repeat is never perturbed.
+    repeat = case | {"bmus_mask_repeat": case["bmus_mask"], "bmus_mask_repeat_sha256": "m1"}
+    assert list(case_crops(repeat, size=SIZE, perturb=True)) == ["reader1", "repeat"]
+    with pytest.raises(InputError, match="no perturbed mask"):
+        case_crops(repeat, ["perturbed"], SIZE)
 
 
 # -- augmentation ----------------------------------------------------------------------------

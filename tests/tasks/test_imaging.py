@@ -10,10 +10,13 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
+from tasks.cohort import perturbed_mask_sha
 from tasks.imaging import (
     InputError,
     case_regions,
     peritumoral_ring,
+    perturb_mask,
+    perturb_seed,
     read_image,
     read_mask,
     ring_width_px,
@@ -191,3 +194,79 @@ def test_unreadable_mask_names_the_file(case, tmp_path):
     assert info.value.file == str(bad)
     assert info.value.column == "bmus_mask_repeat"
     assert str(bad) in str(info.value)
+
+
+# -- perturbed masks -------------------------------------------------------------------------
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    return 2 * float((a & b).sum()) / float(a.sum() + b.sum())
+
+
+def test_perturb_mask_is_deterministic_binary_and_of_the_same_shape():
+    lesion = disk((120, 150), (60, 70), 30)
+    first = perturb_mask(lesion, 7)
+    assert first.shape == lesion.shape and first.dtype == np.uint8
+    assert set(np.unique(first)) <= {0, 1}
+    assert np.array_equal(first, perturb_mask(lesion, 7))
+    assert np.array_equal(first, perturb_mask(lesion * 255, 7))  # 0/255 masks alike
+    assert not np.array_equal(first, perturb_mask(lesion, 8))
+    assert not np.array_equal(first, lesion)
+
+
+def test_perturb_mask_moves_the_contour_by_a_few_pixels():
+    lesion = disk((200, 200), (100, 100), 30)
+    scores = [dice(perturb_mask(lesion, seed), lesion) for seed in range(40)]
+    assert 0.8 < min(scores) and max(scores) < 0.99
+    # Erosion, dilation and none all occur: the area goes up and down.
+    areas = [int(perturb_mask(lesion, seed).sum()) for seed in range(40)]
+    assert min(areas) < lesion.sum() < max(areas)
+    # Only near the contour: the core stays, nothing far outside appears.
+    for seed in range(10):
+        out = perturb_mask(lesion, seed)
+        assert np.all(out[disk((200, 200), (100, 100), 22) == 1] == 1)
+        assert not np.any(out[disk((200, 200), (100, 100), 38) == 0])
+
+
+def test_perturb_mask_is_never_empty():
+    tiny = disk((40, 40), (20, 20), 2)  # 13 pixels: too small to perturb
+    for seed in range(20):
+        assert np.array_equal(perturb_mask(tiny, seed), tiny)
+    small = disk((40, 40), (20, 20), 3)
+    for seed in range(50):
+        assert perturb_mask(small, seed).sum() >= 20
+    edge = disk((60, 60), (0, 0), 6)  # a lesion in the image corner
+    for seed in range(20):
+        out = perturb_mask(edge, seed)
+        assert out.shape == edge.shape and out.sum() >= 20
+
+
+def test_perturb_seed_is_stable_and_case_specific():
+    seed = perturb_seed("C1", "abc")
+    assert seed == perturb_seed("C1", "abc")
+    assert seed == 2840362738915931639  # SHA-256 based: the same in every process
+    assert seed != perturb_seed("C2", "abc") != perturb_seed("C1", "abd")
+
+
+def test_regions_of_the_perturbed_mask_when_asked_and_no_real_repeat(case):
+    assert {r.mask_variant for r in case_regions(case, perturb=True)} == {"reader1", "repeat"}
+    case["bmus_mask_repeat"] = None
+    assert {r.mask_variant for r in case_regions(case)} == {"reader1"}
+    regions = case_regions(case, ring_mm=1.0, perturb=True)
+    assert [(r.region, r.mask_variant) for r in regions] == [
+        ("intratumoral", "reader1"),
+        ("peritumoral", "reader1"),
+        ("intratumoral", "perturbed"),
+        ("peritumoral", "perturbed"),
+    ]
+    reader1, ring1, perturbed, ring = (sitk.GetArrayFromImage(r.mask) for r in regions)
+    assert regions[2].mask_sha256 == perturbed_mask_sha("sha-bmus_mask")
+    assert regions[2].mask_file == case["bmus_mask"] and regions[2].mask_column == "bmus_mask"
+    assert regions[2].image is regions[0].image
+    assert regions[2].mask.GetSpacing() == pytest.approx((0.2, 0.2))
+    expected = perturb_mask(reader1, perturb_seed("C1", "sha-bmus_mask"))
+    assert np.array_equal(perturbed, expected) and not np.array_equal(perturbed, reader1)
+    # The ring grows from the perturbed lesion, not from reader 1's.
+    assert not np.any(ring & perturbed) and not np.array_equal(ring, ring1)
+    assert np.array_equal(ring, ring_of(perturbed, width_px=5))
+    assert np.array_equal(
+        perturbed, sitk.GetArrayFromImage(case_regions(case, perturb=True)[2].mask)
+    )

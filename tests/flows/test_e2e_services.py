@@ -1,0 +1,134 @@
+"""End to end on real services: a Prefect server, a Dask scheduler with two CPU workers and
+one GPU-resource worker as processes, a moto S3 server as the store, and ``sln serve``
+running the deployments. The test triggers deployments through the Prefect API, as the
+scheduler would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tasks.store import FeatureStore
+
+SLN = str(Path(sys.executable).parent / "sln")
+
+
+def _wait_for_deployment(name: str, timeout: float = 120) -> None:
+    from prefect.client.orchestration import get_client
+
+    deadline = time.monotonic() + timeout
+    with get_client(sync_client=True) as client:
+        while time.monotonic() < deadline:
+            try:
+                client.read_deployment_by_name(name)
+                return
+            except Exception:
+                time.sleep(1)
+    raise TimeoutError(f"deployment {name} was not registered in {timeout} s")
+
+
+def _run(name: str, **parameters):
+    from prefect.deployments import run_deployment
+
+    run = run_deployment(name, parameters=parameters, timeout=900)
+    assert run.state.is_completed(), f"{name}: {run.state.type} {run.state.message}"
+    return run
+
+
+def _result(run) -> dict:
+    return run.state.result(raise_on_failure=True)
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory, prefect_api, s3_endpoint, free_tcp_port):
+    import boto3
+
+    from flows.cluster import start_cluster, stop_cluster
+    from tasks.synthetic import generate_cohort
+
+    root = tmp_path_factory.mktemp("e2e-services")
+    manifest = generate_cohort(root / "cohort", n_patients=12, seed=21)
+    bucket = f"sln-e2e-{os.getpid()}"
+    boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=bucket)
+    store = f"s3://{bucket}/store"
+    env = {**os.environ, "SLN_CNN_SIZE": "64", "SLN_CNN_BATCH_SIZE": "4"}
+    saved = dict(os.environ)
+    os.environ.update(SLN_CNN_SIZE="64", SLN_CNN_BATCH_SIZE="4")
+    state = root / "dask"
+    address = start_cluster(cpu_workers=2, port=free_tcp_port(), state=state)
+    env["DASK_SCHEDULER_ADDRESS"] = address
+    log = open(root / "serve.log", "wb")  # noqa: SIM115
+    serve = subprocess.Popen(
+        [SLN, "serve", "--manifest", str(manifest), "--store", store],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        _wait_for_deployment("cohort/nightly")
+        yield {"manifest": manifest, "store": store, "address": address, "root": root}
+    finally:
+        serve.terminate()
+        serve.wait(timeout=30)
+        stop_cluster(state)
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+@pytest.mark.slow
+def test_nightly_deployment_on_real_services(services):
+    import httpx
+
+    run = _run("cohort/nightly")
+    summary = _result(run)
+    store = FeatureStore(services["store"])
+    cohort = store.read("cohort")
+    assert len(cohort) == 12 and summary["cases_new"] == 12
+
+    radiomics = store.read("radiomics")
+    keys = ["case_id", "region", "mask_variant"]
+    assert radiomics.groupby(keys).size().max() == 1  # every case exactly once
+    assert set(radiomics["case_id"]) == set(cohort["case_id"])
+    embeddings = store.read("embeddings")
+    assert embeddings.groupby(["case_id", "mask_variant"]).size().max() == 1
+    assert set(embeddings["case_id"]) == set(cohort["case_id"])
+    # Every CNN task ran on the GPU-resource worker of the external cluster.
+    assert set(embeddings["worker"]) == {"gpu-0"}
+
+    api = os.environ["PREFECT_API_URL"]
+    artifacts = httpx.post(
+        f"{api}/artifacts/filter",
+        json={"artifacts": {"flow_run_id": {"any_": [str(run.id)]}}},
+    ).json()
+    keys_seen = {a["key"] for a in artifacts}
+    assert "cohort-run-summary" in keys_seen
+    summary_artifact = next(a for a in artifacts if a["key"] == "cohort-run-summary")
+    assert "cases_new | 12" in summary_artifact["data"]
+
+
+@pytest.mark.slow
+def test_backfill_deployment_is_idempotent_and_force_replaces(services):
+    store = FeatureStore(services["store"])
+    cohort = store.read("cohort")
+    dates = sorted(cohort["exam_date"])
+    start, end = dates[2], dates[7]
+    in_window = int(((cohort["exam_date"] >= start) & (cohort["exam_date"] <= end)).sum())
+    before = store.read("radiomics")
+
+    again = _result(_run("backfill/on-demand", start=start, end=end))
+    assert again["cases_new"] == 0 and again["cases_skipped"] == in_window
+    assert len(store.read("radiomics")) == len(before)
+
+    forced = _result(_run("backfill/on-demand", start=start, end=end, force=True))
+    assert forced["cases_new"] == in_window
+    after = store.read("radiomics")
+    assert len(after) == len(before)
+    assert after.groupby(["case_id", "region", "mask_variant"]).size().max() == 1
+    replaced = after[after["run_id"] == forced["run_id"]]
+    assert replaced["case_id"].nunique() == in_window
