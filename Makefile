@@ -27,12 +27,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 lint: $(STAMP)
-	$(BIN)/ruff check flows tasks tests
-	$(BIN)/ruff format --check flows tasks tests
+	$(BIN)/ruff check flows tasks tests infra
+	$(BIN)/ruff format --check flows tasks tests infra
 
 format: $(STAMP)
-	$(BIN)/ruff format flows tasks tests
-	$(BIN)/ruff check --fix flows tasks tests
+	$(BIN)/ruff format flows tasks tests infra
+	$(BIN)/ruff check --fix flows tasks tests infra
 
 # The whole suite, slow end-to-end tests included (CI runs exactly this).
 test: $(STAMP) lint

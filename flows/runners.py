@@ -44,8 +44,25 @@ def local_cluster(n_workers: int = 2, gpu_workers: int = 1, memory_limit: str = 
     return SpecCluster(workers=workers, scheduler=scheduler, name="sln-local")
 
 
+def check_gpu_workers(address: str, timeout: float = 30) -> list[str]:
+    """Names of the workers offering ``GPU``; fail fast when there are none, since CNN
+    tasks would otherwise wait forever for a worker that can take them."""
+    from distributed import Client
+
+    with Client(address, timeout=timeout) as client:
+        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+        names = [str(w.get("name")) for w in workers if w.get("resources", {}).get("GPU")]
+    if not names:
+        raise RuntimeError(
+            f"the Dask cluster at {address} has no worker with the GPU=1 resource: CNN "
+            f"tasks would never start. Add one: make worker-gpu SCHEDULER={address}"
+        )
+    return names
+
+
 def task_runner(settings: Settings) -> DaskTaskRunner:
     if settings.dask_scheduler_address:
+        check_gpu_workers(settings.dask_scheduler_address)
         return DaskTaskRunner(address=settings.dask_scheduler_address)
     return DaskTaskRunner(
         cluster_class=local_cluster,

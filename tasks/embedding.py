@@ -31,7 +31,6 @@ from typing import Any
 
 import fsspec
 import numpy as np
-import pandas as pd
 import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
@@ -48,12 +47,11 @@ from tasks.cohort import (
     case_variants,
     current_cohort,
     perturbed_mask_sha,
-    quarantine_frame,
 )
 from tasks.config import Settings, code_version
 from tasks.imaging import InputError, _as_2d, _get, read_image, to_grey, variant_mask
 from tasks.network import DualStreamMobileNetV2, build_network
-from tasks.plan import Plan, plan_cases
+from tasks.plan import Plan, commit_rows, plan_cases
 from tasks.store import FeatureStore
 from tasks.weights import convert_tflite
 
@@ -1122,26 +1120,23 @@ def commit_embeddings(
 
     ``result`` is ``(rows, failures)`` or ``(rows, failures, seconds)`` from the task."""
     rows, failures = result[0], result[1]
-    seconds = float(result[2]) if len(result) > 2 else 0.0
-    frame = pd.DataFrame(rows)
-    if not frame.empty:
-        frame["run_id"] = run_id
-        frame["code_version"] = code_version()
-        frame["embedded_at"] = pd.Timestamp.now(tz="UTC")
-    merged = (
-        store.upsert("embeddings", frame, EMBEDDING_KEYS)
-        if force
-        else {"inserted": store.insert_new("embeddings", frame, EMBEDDING_KEYS), "updated": 0}
-    )
-    store.insert_new(
-        "quarantine", quarantine_frame(failures, "embedding", None, run_id), ["quarantine_id"]
+    done = commit_rows(
+        "embeddings",
+        EMBEDDING_KEYS,
+        "embedding",
+        rows,
+        failures,
+        store,
+        run_id,
+        force,
+        "embedded_at",
     )
     return {
-        "rows": merged["inserted"] + merged["updated"],
-        "embedded": int(frame["case_id"].nunique()) if not frame.empty else 0,
-        "failed": len(failures),
-        "workers": sorted(set(frame["worker"])) if "worker" in frame else [],
-        "seconds": seconds,
+        "rows": done["rows"],
+        "embedded": done["cases"],
+        "failed": done["failed"],
+        "workers": sorted({str(row["worker"]) for row in rows if "worker" in row}),
+        "seconds": float(result[2]) if len(result) > 2 else 0.0,
     }
 
 

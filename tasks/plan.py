@@ -16,7 +16,9 @@ from dataclasses import dataclass
 
 import pandas as pd
 
-from tasks.cohort import case_variants
+from tasks.cohort import case_variants, quarantine_frame
+from tasks.config import code_version
+from tasks.store import FeatureStore
 
 
 @dataclass
@@ -84,3 +86,38 @@ def plan_cases(
     )
     todo = [case for case in cases if not set(variant_keys(case, perturb)) <= done]
     return Plan(todo=todo, skipped=len(cases) - len(todo), window=len(cases))
+
+
+def commit_rows(
+    table: str,
+    keys: list[str],
+    stage: str,
+    rows: list[dict],
+    failures: list[dict],
+    store: FeatureStore,
+    run_id: str,
+    force: bool,
+    stamp: str,
+) -> dict[str, int]:
+    """Write one chunk of feature rows and its failures: the single writer's commit.
+
+    Rows get their lineage (run id, code version, a ``stamp`` time column) and are MERGEd
+    on ``keys`` (insert-only, or replace with ``force``); failures go to ``quarantine``.
+    """
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        frame["run_id"] = run_id
+        frame["code_version"] = code_version()
+        frame[stamp] = pd.Timestamp.now(tz="UTC")
+    if force:
+        merged = store.upsert(table, frame, keys)
+    else:
+        merged = {"inserted": store.insert_new(table, frame, keys), "updated": 0}
+    store.insert_new(
+        "quarantine", quarantine_frame(failures, stage, None, run_id), ["quarantine_id"]
+    )
+    return {
+        "rows": merged["inserted"] + merged["updated"],
+        "cases": int(frame["case_id"].nunique()) if not frame.empty else 0,
+        "failed": len(failures),
+    }

@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pykwalify.core
 import pykwalify.errors
 import radiomics
@@ -33,10 +32,10 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from radiomics import featureextractor, getParameterValidationFiles
 
-from tasks.cohort import current_cohort, quarantine_frame
-from tasks.config import Settings, code_version
+from tasks.cohort import current_cohort
+from tasks.config import Settings
 from tasks.imaging import InputError, Region, case_regions
-from tasks.plan import Plan, plan_cases
+from tasks.plan import Plan, commit_rows, plan_cases
 from tasks.store import FeatureStore
 
 logger = logging.getLogger(__name__)
@@ -385,24 +384,10 @@ def commit_radiomics(
 ) -> dict[str, int]:
     """Write one chunk's rows (MERGE on the lineage keys) and its failures to quarantine."""
     rows, failures = result
-    frame = pd.DataFrame(rows)
-    if not frame.empty:
-        frame["run_id"] = run_id
-        frame["code_version"] = code_version()
-        frame["extracted_at"] = pd.Timestamp.now(tz="UTC")
-    merged = (
-        store.upsert("radiomics", frame, STORE_KEYS)
-        if force
-        else {"inserted": store.insert_new("radiomics", frame, STORE_KEYS), "updated": 0}
+    done = commit_rows(
+        "radiomics", STORE_KEYS, "radiomics", rows, failures, store, run_id, force, "extracted_at"
     )
-    store.insert_new(
-        "quarantine", quarantine_frame(failures, "radiomics", None, run_id), ["quarantine_id"]
-    )
-    return {
-        "rows": merged["inserted"] + merged["updated"],
-        "extracted": int(frame["case_id"].nunique()) if not frame.empty else 0,
-        "failed": len(failures),
-    }
+    return {"rows": done["rows"], "extracted": done["cases"], "failed": done["failed"]}
 
 
 # -- Prefect wrappers ------------------------------------------------------------------------
