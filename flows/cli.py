@@ -291,10 +291,10 @@ def worker_gpu(
     import os
 
     from flows.cluster import worker_command
-    from flows.runners import ONE_THREAD_ENV
+    from flows.runners import WORKER_ENV
 
     cmd = worker_command(scheduler, name, gpu=True)
-    os.execvpe(cmd[0], cmd, {**os.environ, **ONE_THREAD_ENV})
+    os.execvpe(cmd[0], cmd, {**os.environ, **WORKER_ENV})
 
 
 weights_app = typer.Typer(no_args_is_help=True, help="Offline CNN start weights.")

@@ -11,7 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-from flows.runners import ONE_THREAD_ENV
+from flows.runners import WORKER_ENV
 from tasks.config import PROJECT_ROOT
 
 STATE = PROJECT_ROOT / ".dask"
@@ -42,7 +42,7 @@ def worker_command(scheduler: str, name: str, gpu: bool) -> list[str]:
 
 
 def _env() -> dict[str, str]:
-    return {**os.environ, **ONE_THREAD_ENV}
+    return {**os.environ, **WORKER_ENV}
 
 
 def start_cluster(

@@ -48,13 +48,14 @@ def extract_features(
     store = FeatureStore(settings.store)
     settings = with_perturbation(current_cohort(store.read("cohort")), settings)
     plan, params = plan_radiomics_task(store, settings, exam_from, exam_to, force)
-    embedding = plan_embeddings_task(store, settings, exam_from, exam_to, force)
     submitted = submit_radiomics(
         plan.chunks(settings.chunk_size, settings.n_workers), params, settings
     )
-    submitted |= submit_embeddings(
-        embedding_chunks(embedding, settings), embedding.model, embedding.dual, settings
-    )
+    if settings.embed:
+        embedding = plan_embeddings_task(store, settings, exam_from, exam_to, force)
+        submitted |= submit_embeddings(
+            embedding_chunks(embedding, settings), embedding.model, embedding.dual, settings
+        )
     return commit_as_completed(submitted, store, run_id, force)
 
 
@@ -98,15 +99,17 @@ def cohort(
         len(chunks),
         plan.skipped,
     )
-    embedding = plan_embeddings_task(feature_store, settings, exam_from, exam_to, force)
-    embed_chunks = embedding_chunks(embedding, settings)
-    logger.info(
-        "embeddings (%s): %d cases to embed in %d chunks, %d already stored",
-        embedding.version,
-        len(embedding.plan.todo),
-        len(embed_chunks),
-        embedding.plan.skipped,
-    )
+    embed_chunks, model_version = [], None
+    if settings.embed:
+        embedding = plan_embeddings_task(feature_store, settings, exam_from, exam_to, force)
+        embed_chunks, model_version = embedding_chunks(embedding, settings), embedding.version
+        logger.info(
+            "embeddings (%s): %d cases to embed in %d chunks, %d already stored",
+            embedding.version,
+            len(embedding.plan.todo),
+            len(embed_chunks),
+            embedding.plan.skipped,
+        )
     totals = empty_totals()
     extract_started = time.monotonic()
     if chunks or embed_chunks:  # the Dask cluster starts only when there is work for it
@@ -125,7 +128,7 @@ def cohort(
         "cases_quarantined": ingested.quarantined if ingested else 0,
         "cases_failed": totals["radiomics"]["failed"],
         "radiomics_rows": totals["radiomics"]["rows"],
-        "model_version": embedding.version,
+        "model_version": model_version,
         "cases_embedded": totals["embeddings"]["embedded"],
         "embedding_failed": totals["embeddings"]["failed"],
         "embedding_rows": totals["embeddings"]["rows"],

@@ -58,6 +58,9 @@ class Settings(BaseSettings):
         "mask (erosion/dilation + contour noise) as the ICC filter's repeat",
     )
     # CNN (dual-stream MobileNetV2): input crop, fine-tuning and embedding.
+    embed: bool = Field(
+        True, description="Compute CNN embeddings in the cohort flow (off: radiomics only)"
+    )
     cnn_start: str = Field(
         "auto",
         description="Start weights: 'auto' (converted TFLite ImageNet weights when the "

@@ -91,14 +91,42 @@ class FeatureStore:
         return table.to_pyarrow_table(columns=columns).to_pandas(types_mapper=_nullable)
 
     def insert_new(self, name: str, frame: pd.DataFrame, keys: list[str]) -> int:
-        """Insert rows whose keys are not stored yet; returns how many were inserted."""
-        return self._merge(name, frame, keys, update=False)["inserted"]
+        """Insert rows whose keys are not stored yet; returns how many were inserted.
+
+        An anti-join on the stored key columns, then a plain append: a MERGE would scan
+        every stored file (all feature columns) on each chunk's commit, which grows with
+        the table. The flows are the single writer of a store, so nothing slips in
+        between the key read and the append.
+        """
+        if frame.empty:
+            return 0
+        frame = frame.drop_duplicates(subset=keys, keep="last")
+        table = self.table(name)
+        if table is not None:
+            stored = table.to_pyarrow_table(columns=keys).to_pandas()
+            seen = set(stored.astype(str).itertuples(index=False, name=None))
+            fresh = [
+                row not in seen
+                for row in frame[keys].astype(str).itertuples(index=False, name=None)
+            ]
+            frame = frame[fresh]
+            if frame.empty:
+                return 0
+        write_deltalake(
+            self.uri(name),
+            pa.Table.from_pandas(frame, preserve_index=False),
+            mode="append",
+            schema_mode="merge",
+            storage_options=self.storage_options,
+        )
+        return len(frame)
 
     def upsert(self, name: str, frame: pd.DataFrame, keys: list[str]) -> dict[str, int]:
         """Insert new keys and replace rows with existing keys (backfill with FORCE)."""
         return self._merge(name, frame, keys, update=True)
 
     def _merge(self, name: str, frame: pd.DataFrame, keys: list[str], update: bool) -> dict:
+        # Only the replacing path (FORCE backfills) needs a real MERGE.
         if frame.empty:
             return {"inserted": 0, "updated": 0}
         frame = frame.drop_duplicates(subset=keys, keep="last")

@@ -73,7 +73,12 @@ def bench(kind: str, n: int, out: Path) -> dict:
     settings = Settings()
     work = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
     manifest = make_manifest(kind, n, work, settings)
-    roots = {"SLN_DATA_ROOTS": f"{manifest.parent}:{settings.shared_data}"}
+    # The same work for all three: radiomics only, reader-1 (and real repeat) masks.
+    roots = {
+        "SLN_DATA_ROOTS": f"{manifest.parent}:{settings.shared_data}",
+        "SLN_EMBED": "false",
+        "SLN_PERTURB_REPEATS": "false",
+    }
     settings = Settings(data_roots=roots["SLN_DATA_ROOTS"].split(":"))
     cases_json, cli_csv, n_regions = prepare(manifest, work, settings)
     n_cases = len(json.loads(cases_json.read_text()))

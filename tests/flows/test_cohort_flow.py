@@ -93,3 +93,16 @@ def test_cohort_flow_on_s3_store(tiny_cohort, s3_bucket, prefect_api):
     assert len(radiomics) == 8 * 2 * 2  # reader1 + perturbed, two regions
     assert radiomics.groupby(["case_id", "region", "mask_variant"]).size().max() == 1
     assert len(FeatureStore(settings.store).read("embeddings")) == 8 * 2
+
+
+@pytest.mark.slow
+def test_radiomics_only_mode_skips_the_cnn(tiny_cohort, tmp_path, prefect_api, monkeypatch):
+    monkeypatch.setenv("SLN_EMBED", "false")
+    monkeypatch.setenv("SLN_PERTURB_REPEATS", "false")
+    settings = Settings(store=str(tmp_path / "store"), n_workers=2)
+    summary = run_cohort(str(tiny_cohort), settings)
+    assert summary["cases_new"] == 8 and summary["cases_embedded"] == 0
+    assert summary["model_version"] is None
+    store = FeatureStore(settings.store)
+    assert set(store.read("radiomics")["mask_variant"]) == {"reader1"}
+    assert store.read("embeddings").empty
