@@ -8,7 +8,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from flows.runners import WORKER_ENV
@@ -69,8 +68,6 @@ def start_cluster(
             cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         (state / f"{name}.pid").write_text(str(proc.pid))
-        if name == "scheduler":
-            time.sleep(2)
     with Client(address, timeout=timeout) as client:
         client.wait_for_workers(cpu_workers + 1, timeout=timeout)
     return address

@@ -123,19 +123,19 @@ def cohort(
     summary = {
         "run_id": run_id,
         "manifest_rows": ingested.rows_in if ingested else 0,
-        "cases_new": totals["radiomics"]["extracted"],
+        "cases_new": totals["radiomics"]["cases"],
         "cases_skipped": plan.skipped,
         "cases_quarantined": ingested.quarantined if ingested else 0,
         "cases_failed": totals["radiomics"]["failed"],
         "radiomics_rows": totals["radiomics"]["rows"],
         "model_version": model_version,
-        "cases_embedded": totals["embeddings"]["embedded"],
+        "cases_embedded": totals["embeddings"]["cases"],
         "embedding_failed": totals["embeddings"]["failed"],
         "embedding_rows": totals["embeddings"]["rows"],
         "embedding_workers": totals["embeddings"]["workers"],
         "seconds": round(seconds, 1),
         "extract_seconds": round(extract_seconds, 1),
-        "cases_per_second": round(totals["radiomics"]["extracted"] / seconds, 3),
+        "cases_per_second": round(totals["radiomics"]["cases"] / seconds, 3),
         "table_versions": feature_store.versions(
             ("cohort", "quarantine", "radiomics", "embeddings")
         ),

@@ -41,8 +41,8 @@ def embedding_chunks(embedding: EmbeddingPlan, settings: Settings) -> list[list[
 
 def empty_totals() -> dict[str, dict]:
     return {
-        "radiomics": {"rows": 0, "extracted": 0, "failed": 0},
-        "embeddings": {"rows": 0, "embedded": 0, "failed": 0, "workers": [], "seconds": 0.0},
+        "radiomics": {"rows": 0, "cases": 0, "failed": 0},
+        "embeddings": {"rows": 0, "cases": 0, "failed": 0, "workers": [], "seconds": 0.0},
     }
 
 
@@ -63,8 +63,7 @@ def commit_as_completed(
             else:
                 totals[kind][key] += value
         done[kind] += 1
-        cases = totals[kind]["failed"] + totals[kind].get("extracted", 0)
-        cases += totals[kind].get("embedded", 0)
+        cases = totals[kind]["cases"] + totals[kind]["failed"]
         logger.info(
             "%s: chunk %d/%d committed (%d cases so far)", kind, done[kind], chunks[kind], cases
         )

@@ -4,6 +4,7 @@ and promote to ``champion`` unless DeLong shows the candidate worse on external 
 
 from __future__ import annotations
 
+import dask
 from prefect import flow, get_run_logger
 
 from flows.cohort import current_run_id
@@ -12,7 +13,7 @@ from flows.runners import task_runner
 from tasks.artifacts import publish_evaluation, publish_run_summary
 from tasks.cohort import current_cohort, with_perturbation
 from tasks.config import Settings
-from tasks.embedding import finetune_task, plan_embeddings, start_weights
+from tasks.embedding import finetune_task, plan_embeddings, set_current_model, start_weights
 from tasks.evaluation import cohort_flow_counts, compare_with_champion, evaluate
 from tasks.modeling import fit_models, load_features, training_cases
 from tasks.radiomics import current_params_hash
@@ -24,11 +25,12 @@ from tasks.tracking import champion, log_retrain, promote
 @flow(name="train-and-embed", log_prints=True)
 def train_and_embed(settings: Settings, run_id: str, table_versions: dict) -> dict:
     """Fine-tune on a GPU-resource worker, then embed every case with the new model."""
-    import dask
-
     store = FeatureStore(settings.store)
     settings = with_perturbation(current_cohort(store.read("cohort")), settings)
     cases = training_cases(store, table_versions["cohort"])
+    get_run_logger().info(
+        "%d labelled training cases (cohort v%s)", len(cases), table_versions["cohort"]
+    )
     with dask.annotate(resources={"GPU": 1}):
         meta = finetune_task.submit(
             cases, settings, start_weights(settings, store), table_versions
@@ -53,14 +55,10 @@ def retrain(
     workers: local Dask process workers (ignored on an existing cluster)
     promote_champion: allow promotion (a dry run evaluates and registers only)
     """
-    logger = get_run_logger()
     settings = Settings(store=store, **({"n_workers": workers} if workers else {}))
     feature_store = FeatureStore(settings.store)
     run_id = current_run_id("retrain")
     versions = feature_store.versions(("cohort", "radiomics", "embeddings"))
-    cases = training_cases(feature_store, versions["cohort"])
-    logger.info("retrain: %d labelled training cases (cohort v%s)", len(cases), versions["cohort"])
-
     trained = train_and_embed.with_options(task_runner=task_runner(settings))(
         settings, run_id, versions
     )
@@ -77,16 +75,14 @@ def retrain(
     decision = compare_with_champion(models["COMB"], data, current, settings, feature_store)
     if promote_champion and decision["promote"]:
         promote(logged["registered_version"], settings, feature_store)
-        from tasks.embedding import set_current_model
-
         set_current_model(feature_store, cnn["uri"])  # nightly runs embed with it from now on
     summary = {
         "run_id": run_id,
-        "training_cases": len(cases),
+        "training_cases": cnn["training_cases"],
         "cnn_model_version": cnn["version"],
         "cnn_best_epoch": cnn.get("best_epoch"),
         "cnn_worker": cnn.get("worker"),
-        "cases_embedded": trained["embeddings"]["embedded"],
+        "cases_embedded": trained["embeddings"]["cases"],
         "registered_version": logged["registered_version"],
         "mlflow_run_id": logged["mlflow_run_id"],
         "promoted": bool(promote_champion and decision["promote"]),

@@ -1132,15 +1132,23 @@ def commit_embeddings(
         "embedded_at",
     )
     return {
-        "rows": done["rows"],
-        "embedded": done["cases"],
-        "failed": done["failed"],
+        **done,
         "workers": sorted({str(row["worker"]) for row in rows if "worker" in row}),
         "seconds": float(result[2]) if len(result) > 2 else 0.0,
     }
 
 
 # -- Prefect wrappers ------------------------------------------------------------------------
+def _worker_name() -> str:
+    """The Dask worker running this task (recorded for the GPU-routing checks)."""
+    from distributed import get_worker
+
+    try:
+        return str(get_worker().name)
+    except ValueError:  # a plain call, outside Dask
+        return "local"
+
+
 plan_embeddings_task = task(plan_embeddings, name="plan-embeddings", cache_policy=NO_CACHE)
 commit_embeddings_task = task(
     commit_embeddings,
@@ -1156,13 +1164,8 @@ def embed_chunk_task(
     cases: list[dict[str, Any]], model: str, dual: bool, settings: Settings
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]], float]:
     """One GPU-resource Dask task: a chunk of cases; rows record the worker that ran it."""
-    from distributed import get_worker
-
     torch.set_num_threads(1)  # one core per worker; a GPU worker feeds the GPU instead
-    try:
-        worker = str(get_worker().name)
-    except ValueError:  # run outside Dask (a plain call)
-        worker = "local"
+    worker = _worker_name()
     started = time.perf_counter()
     rows, failures = embed_chunk(cases, model, dual, settings, log=get_run_logger())
     for row in rows:
@@ -1178,15 +1181,10 @@ def finetune_task(
     table_versions: dict[str, int | None] | None = None,
 ) -> dict[str, Any]:
     """Fine-tune on a GPU-resource worker (CUDA when present); returns the model's meta."""
-    from distributed import get_worker
-
     # Fine-tuning runs alone in a retrain: on a CPU-only machine it may use every core.
     torch.set_num_threads(os.cpu_count() or 1)
     meta = finetune(
         cases, settings, FeatureStore(settings.store), start, table_versions, log=get_run_logger()
     )
-    try:
-        meta["worker"] = str(get_worker().name)
-    except ValueError:
-        meta["worker"] = "local"
+    meta["worker"] = _worker_name()
     return meta

@@ -101,7 +101,7 @@ def commit_rows(
 ) -> dict[str, int]:
     """Write one chunk of feature rows and its failures: the single writer's commit.
 
-    Rows get their lineage (run id, code version, a ``stamp`` time column) and are MERGEd
+    Rows get their lineage (run id, code version, a ``stamp`` time column) and are written
     on ``keys`` (insert-only, or replace with ``force``); failures go to ``quarantine``.
     """
     frame = pd.DataFrame(rows)

@@ -384,10 +384,9 @@ def commit_radiomics(
 ) -> dict[str, int]:
     """Write one chunk's rows (MERGE on the lineage keys) and its failures to quarantine."""
     rows, failures = result
-    done = commit_rows(
+    return commit_rows(
         "radiomics", STORE_KEYS, "radiomics", rows, failures, store, run_id, force, "extracted_at"
     )
-    return {"rows": done["rows"], "extracted": done["cases"], "failed": done["failed"]}
 
 
 # -- Prefect wrappers ------------------------------------------------------------------------

@@ -2,8 +2,9 @@
 
 The root is a local folder (default ``./store``) or ``s3://bucket/prefix``; one code path
 serves both. Tables: ``cohort``, ``quarantine``, ``radiomics``, ``embeddings``,
-``predictions``, each at ``<root>/<table>``. Writes are keyed MERGEs, so re-running a step
-never duplicates rows, and every commit is a table version that training can pin.
+``predictions``, each at ``<root>/<table>``. Writes are keyed (new keys appended after an
+anti-join, replacements MERGEd), so re-running a step never duplicates rows, and every
+commit is a table version that training can pin.
 S3 settings come from the standard AWS environment variables (endpoint included); they are
 passed to delta-rs but never logged.
 """
@@ -123,10 +124,6 @@ class FeatureStore:
 
     def upsert(self, name: str, frame: pd.DataFrame, keys: list[str]) -> dict[str, int]:
         """Insert new keys and replace rows with existing keys (backfill with FORCE)."""
-        return self._merge(name, frame, keys, update=True)
-
-    def _merge(self, name: str, frame: pd.DataFrame, keys: list[str], update: bool) -> dict:
-        # Only the replacing path (FORCE backfills) needs a real MERGE.
         if frame.empty:
             return {"inserted": 0, "updated": 0}
         frame = frame.drop_duplicates(subset=keys, keep="last")
@@ -138,12 +135,18 @@ class FeatureStore:
             )
             return {"inserted": len(frame), "updated": 0}
         predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
-        merger = table.merge(
-            source=data, predicate=predicate, source_alias="s", target_alias="t", merge_schema=True
+        metrics = (
+            table.merge(
+                source=data,
+                predicate=predicate,
+                source_alias="s",
+                target_alias="t",
+                merge_schema=True,
+            )
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .execute()
         )
-        if update:
-            merger = merger.when_matched_update_all()
-        metrics = merger.when_not_matched_insert_all().execute()
         return {
             "inserted": int(metrics.get("num_target_rows_inserted", 0)),
             "updated": int(metrics.get("num_target_rows_updated", 0)),
