@@ -40,7 +40,7 @@ def synth(
 ) -> None:
     """Write a synthetic two-site cohort (B-mode, colour Doppler, masks, labels)."""
     _setup_logging()
-    from tasks.synthetic import generate_cohort
+    from tasks.data.sources.synthetic import generate_cohort
 
     log = logging.getLogger("sln.synth")
 
@@ -68,7 +68,7 @@ def busbra(
     seed: int = typer.Option(0),
 ) -> None:
     """Write a manifest over the BUS-BRA dataset (label = malignant, site = scanner)."""
-    from tasks.busbra import busbra_manifest
+    from tasks.data.sources.busbra import busbra_manifest
 
     data = data or Settings().shared_data / "busbra"
     manifest = busbra_manifest(data, out, validation_site, limit_patients or None, seed)
@@ -84,9 +84,9 @@ def ingest(
 ) -> None:
     """Validate a manifest; write the cohort and quarantine tables."""
     _setup_logging()
-    from tasks.cohort import ManifestError
-    from tasks.cohort import ingest as ingest_manifest
-    from tasks.store import FeatureStore
+    from tasks.data.ingest import ManifestError
+    from tasks.data.ingest import ingest as ingest_manifest
+    from tasks.data.store import FeatureStore
 
     settings = Settings(**({"store": store} if store else {}))
     try:
@@ -104,7 +104,7 @@ def ingest(
 
 def _with_api(fn):
     """Run ``fn`` against a live Prefect API (configured, or the local embedded server)."""
-    from flows.server import ensure_api
+    from flows.runtime.server import ensure_api
 
     url = ensure_api()
     from prefect.settings import PREFECT_API_URL, temporary_settings
@@ -141,7 +141,7 @@ def server(
     stop: bool = typer.Option(False, help="Stop the local server started by this command"),
 ) -> None:
     """Start (or find) the local Prefect server; the UI is at http://127.0.0.1:4200."""
-    from flows.server import PORT, api_url, start_server, stop_server
+    from flows.runtime.server import PORT, api_url, start_server, stop_server
 
     if stop:
         typer.echo("stopped" if stop_server() else "no server started by sln is running")
@@ -207,7 +207,7 @@ def demo(
     from flows.cohort import run_cohort
     from flows.retrain import retrain as retrain_flow
     from flows.validate import validate as validate_flow
-    from tasks.synthetic import generate_cohort
+    from tasks.data.sources.synthetic import generate_cohort
 
     # CPU settings for this run (Dask workers inherit the environment).
     os.environ.setdefault("SLN_CNN_SIZE", str(cnn_size))
@@ -272,7 +272,7 @@ def cluster(
     port: int = typer.Option(8786, help="Scheduler port on 127.0.0.1"),
 ) -> None:
     """Start a Dask scheduler, CPU workers and one GPU=1 worker as processes on loopback."""
-    from flows.cluster import start_cluster, stop_cluster
+    from flows.runtime.cluster import start_cluster, stop_cluster
 
     if stop:
         typer.echo(f"stopped {stop_cluster()} processes")
@@ -290,8 +290,8 @@ def worker_gpu(
     """Run one GPU=1 worker in the foreground, joined to an existing scheduler."""
     import os
 
-    from flows.cluster import worker_command
-    from flows.runners import WORKER_ENV
+    from flows.runtime.cluster import worker_command
+    from flows.runtime.runners import WORKER_ENV
 
     cmd = worker_command(scheduler, name, gpu=True)
     os.execvpe(cmd[0], cmd, {**os.environ, **WORKER_ENV})
@@ -307,8 +307,8 @@ def convert_tflite_cmd(
     out: str = typer.Option(..., help="Destination .pth (path or s3:// URI)"),
 ) -> None:
     """Dequantise Google's TFLite MobileNetV2 into a torchvision mobilenet_v2 checkpoint."""
-    from tasks.embedding import TFLITE_FILE
-    from tasks.weights import convert_tflite
+    from tasks.features.cnn.embed import TFLITE_FILE
+    from tasks.features.cnn.weights import convert_tflite
 
     src = src or Settings().shared_data / "mobilenet_v2_tflite" / TFLITE_FILE
     meta = convert_tflite(src, out)

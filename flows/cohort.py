@@ -20,13 +20,13 @@ from flows.fanout import (
     submit_embeddings,
     submit_radiomics,
 )
-from flows.runners import task_runner
-from tasks.artifacts import publish_run_summary
-from tasks.cohort import current_cohort, ingest_task, with_perturbation
+from flows.runtime.runners import task_runner
 from tasks.config import Settings
-from tasks.embedding import plan_embeddings_task
-from tasks.radiomics import plan_radiomics_task
-from tasks.store import FeatureStore
+from tasks.data.ingest import current_cohort, ingest_task, with_perturbation
+from tasks.data.store import FeatureStore
+from tasks.evaluation.artifacts import publish_run_summary
+from tasks.features.cnn.embed import plan_embeddings_task
+from tasks.features.radiomics import plan_radiomics_task
 
 
 def current_run_id(prefix: str) -> str:

@@ -13,9 +13,9 @@ from prefect import get_run_logger
 from prefect.futures import PrefectFuture, as_completed
 
 from tasks.config import Settings
-from tasks.embedding import EmbeddingPlan, commit_embeddings_task, embed_chunk_task
-from tasks.radiomics import commit_radiomics_task, extract_chunk_task
-from tasks.store import FeatureStore
+from tasks.data.store import FeatureStore
+from tasks.features.cnn.embed import EmbeddingPlan, commit_embeddings_task, embed_chunk_task
+from tasks.features.radiomics import commit_radiomics_task, extract_chunk_task
 
 Submitted = dict[PrefectFuture, str]
 COMMITS = {"radiomics": commit_radiomics_task, "embeddings": commit_embeddings_task}

@@ -9,17 +9,22 @@ from prefect import flow, get_run_logger
 
 from flows.cohort import current_run_id
 from flows.fanout import commit_as_completed, embedding_chunks, submit_embeddings
-from flows.runners import task_runner
-from tasks.artifacts import publish_evaluation, publish_run_summary
-from tasks.cohort import current_cohort, with_perturbation
+from flows.runtime.runners import task_runner
 from tasks.config import Settings
-from tasks.embedding import finetune_task, plan_embeddings, set_current_model, start_weights
-from tasks.evaluation import cohort_flow_counts, compare_with_champion, evaluate
-from tasks.modeling import fit_models, load_features, training_cases
-from tasks.radiomics import current_params_hash
-from tasks.report import write_report
-from tasks.store import FeatureStore
-from tasks.tracking import champion, log_retrain, promote
+from tasks.data.ingest import current_cohort, with_perturbation
+from tasks.data.store import FeatureStore
+from tasks.evaluation.artifacts import publish_evaluation, publish_run_summary
+from tasks.evaluation.evaluate import cohort_flow_counts, compare_with_champion, evaluate
+from tasks.evaluation.report import write_report
+from tasks.features.cnn.embed import (
+    finetune_task,
+    plan_embeddings,
+    set_current_model,
+    start_weights,
+)
+from tasks.features.radiomics import current_params_hash
+from tasks.models.pipelines import fit_models, load_features, training_cases
+from tasks.models.registry import champion, log_retrain, promote
 
 
 @flow(name="train-and-embed", log_prints=True)

@@ -8,21 +8,21 @@ from prefect.states import Failed
 
 from flows.cohort import current_run_id
 from flows.fanout import commit_as_completed, submit_embeddings
-from flows.runners import task_runner
-from tasks.artifacts import publish_evaluation, publish_run_summary
-from tasks.cohort import current_cohort, with_perturbation
+from flows.runtime.runners import task_runner
 from tasks.config import Settings
-from tasks.evaluation import check_floor, cohort_flow_counts, evaluate, prediction_rows
-from tasks.modeling import load_features
-from tasks.report import write_report
-from tasks.store import FeatureStore
-from tasks.tracking import champion, load_bundle
+from tasks.data.ingest import current_cohort, with_perturbation
+from tasks.data.store import FeatureStore
+from tasks.evaluation.artifacts import publish_evaluation, publish_run_summary
+from tasks.evaluation.evaluate import check_floor, cohort_flow_counts, evaluate, prediction_rows
+from tasks.evaluation.report import write_report
+from tasks.models.pipelines import load_features
+from tasks.models.registry import champion, load_bundle
 
 
 @flow(name="embed-missing", log_prints=True)
 def embed_missing(model: str, settings: Settings, run_id: str) -> dict:
     """Embed current cases that lack the champion CNN's embeddings (GPU workers)."""
-    from tasks.embedding import plan_embeddings
+    from tasks.features.cnn.embed import plan_embeddings
 
     store = FeatureStore(settings.store)
     settings = with_perturbation(current_cohort(store.read("cohort")), settings)
@@ -55,7 +55,7 @@ def validate(store: str = "./store", auc_floor: float | None = None, workers: in
     lineage, cnn = bundle["lineage"], bundle["cnn"]
     logger.info("champion: sln-comb v%s (CNN %s)", current["version"], cnn["version"])
 
-    from tasks.embedding import plan_embeddings
+    from tasks.features.cnn.embed import plan_embeddings
 
     planned = with_perturbation(current_cohort(feature_store.read("cohort")), settings)
     if plan_embeddings(feature_store, planned, model=cnn["uri"]).plan.todo:

@@ -141,7 +141,7 @@ def prefect_api(tmp_path_factory):
     """
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from flows.server import start_server
+    from flows.runtime.server import start_server
 
     home = tmp_path_factory.mktemp("prefect-home")
     url, proc = start_server(home=home, port=free_port(), timeout=180)

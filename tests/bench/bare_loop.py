@@ -11,7 +11,7 @@ from multiprocessing import get_context
 
 def _half(args):
     cases, params_path, ring_mm, ring_px = args
-    from tasks.radiomics import extract_case, limit_threads, load_params, make_extractor
+    from tasks.features.radiomics import extract_case, limit_threads, load_params, make_extractor
 
     limit_threads()
     params = load_params(params_path)

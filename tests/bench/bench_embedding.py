@@ -12,17 +12,17 @@ import os
 import tempfile
 from pathlib import Path
 
-from tasks.cohort import ingest
 from tasks.config import Settings
-from tasks.store import FeatureStore
+from tasks.data.ingest import ingest
+from tasks.data.store import FeatureStore
 from tests.bench.common import BIN, ROOT, save, timed
 
 
 def finetune_epoch_seconds(store: FeatureStore, size: int, cases: int) -> dict:
     import torch
 
-    from tasks.embedding import finetune, start_weights
-    from tasks.modeling import training_cases
+    from tasks.features.cnn.embed import finetune, start_weights
+    from tasks.models.pipelines import training_cases
 
     torch.set_num_threads(os.cpu_count() or 1)
     settings = Settings(store=store.root, cnn_size=size, cnn_epochs=2, cnn_patience=5)
@@ -45,7 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     os.environ["SLN_CNN_SIZE"] = str(args.size)
     work = Path(tempfile.mkdtemp(prefix="bench-embed-"))
-    from tasks.synthetic import generate_cohort
+    from tasks.data.sources.synthetic import generate_cohort
 
     manifest = generate_cohort(work / "cohort", n_patients=args.cases, seed=5)
     results = {"cases": args.cases, "size": args.size, "batch": Settings().cnn_batch_size}

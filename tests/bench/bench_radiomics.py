@@ -18,11 +18,11 @@ from pathlib import Path
 import pandas as pd
 import SimpleITK as sitk
 
-from tasks.busbra import busbra_manifest
-from tasks.cohort import current_cohort, ingest
 from tasks.config import Settings
-from tasks.imaging import case_regions
-from tasks.store import FeatureStore
+from tasks.data.ingest import current_cohort, ingest
+from tasks.data.sources.busbra import busbra_manifest
+from tasks.data.store import FeatureStore
+from tasks.features.imaging import case_regions
 from tests.bench.common import BIN, ROOT, save, timed
 
 WORKERS = 2
@@ -34,7 +34,7 @@ def make_manifest(kind: str, n: int, work: Path, settings: Settings) -> Path:
         frame = busbra_manifest(settings.shared_data / "busbra", manifest)
         frame.head(n).to_csv(manifest, index=False)
         return manifest
-    from tasks.synthetic import generate_cohort
+    from tasks.data.sources.synthetic import generate_cohort
 
     return generate_cohort(work / "synthetic", n_patients=n, seed=11)
 

@@ -16,10 +16,10 @@ import time
 def plain(store_root: str) -> dict:
     import torch
 
-    from tasks.cohort import current_cohort
     from tasks.config import Settings
-    from tasks.embedding import case_crops, current_model, model_for
-    from tasks.store import FeatureStore
+    from tasks.data.ingest import current_cohort
+    from tasks.data.store import FeatureStore
+    from tasks.features.cnn.embed import case_crops, current_model, model_for
 
     torch.set_num_threads(1)
     settings, store = Settings(store=store_root), FeatureStore(store_root)
@@ -40,11 +40,11 @@ def plain(store_root: str) -> dict:
 
 
 def flow(store_root: str) -> dict:
-    from flows.runners import task_runner
-    from flows.server import ensure_api
+    from flows.runtime.runners import task_runner
+    from flows.runtime.server import ensure_api
     from tasks.config import Settings
-    from tasks.embedding import current_model
-    from tasks.store import FeatureStore
+    from tasks.data.store import FeatureStore
+    from tasks.features.cnn.embed import current_model
 
     ensure_api()
     from flows.validate import embed_missing

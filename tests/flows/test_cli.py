@@ -8,7 +8,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tasks.store import FeatureStore
+from tasks.data.store import FeatureStore
 
 runner = CliRunner()
 

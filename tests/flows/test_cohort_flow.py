@@ -7,7 +7,7 @@ import pytest
 
 from flows.cohort import run_cohort
 from tasks.config import Settings
-from tasks.store import FeatureStore
+from tasks.data.store import FeatureStore
 
 
 def _artifact(api_url: str, key: str) -> dict:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tasks.store import FeatureStore
+from tasks.data.store import FeatureStore
 
 SLN = str(Path(sys.executable).parent / "sln")
 
@@ -48,8 +48,8 @@ def _result(run) -> dict:
 def services(tmp_path_factory, prefect_api, s3_endpoint, free_tcp_port):
     import boto3
 
-    from flows.cluster import start_cluster, stop_cluster
-    from tasks.synthetic import generate_cohort
+    from flows.runtime.cluster import start_cluster, stop_cluster
+    from tasks.data.sources.synthetic import generate_cohort
 
     root = tmp_path_factory.mktemp("e2e-services")
     manifest = generate_cohort(root / "cohort", n_patients=12, seed=21)

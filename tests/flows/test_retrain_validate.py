@@ -11,7 +11,7 @@ import pytest
 
 from flows.cohort import run_cohort
 from tasks.config import Settings
-from tasks.store import FeatureStore
+from tasks.data.store import FeatureStore
 
 SMALL_CNN = {"SLN_CNN_SIZE": "64", "SLN_CNN_EPOCHS": "2", "SLN_CNN_BATCH_SIZE": "8"}
 
@@ -19,7 +19,7 @@ SMALL_CNN = {"SLN_CNN_SIZE": "64", "SLN_CNN_EPOCHS": "2", "SLN_CNN_BATCH_SIZE": 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory, prefect_api):
     from flows.retrain import retrain
-    from tasks.synthetic import generate_cohort
+    from tasks.data.sources.synthetic import generate_cohort
 
     saved = {k: os.environ.get(k) for k in SMALL_CNN}
     os.environ.update(SMALL_CNN)
@@ -38,8 +38,8 @@ def trained(tmp_path_factory, prefect_api):
 
 @pytest.mark.slow
 def test_retrain_registers_promotes_and_reports(trained):
-    from tasks.embedding import current_model
-    from tasks.tracking import champion
+    from tasks.features.cnn.embed import current_model
+    from tasks.models.registry import champion
 
     settings, cohort, summary = trained
     store = FeatureStore(settings.store)

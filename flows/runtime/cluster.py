@@ -1,0 +1,85 @@
+"""A real Dask cluster on loopback: a scheduler, CPU workers and one ``GPU=1`` worker as
+separate processes (``make cluster``), or one GPU worker joining a scheduler
+(``make worker-gpu``). Point flows at it with ``DASK_SCHEDULER_ADDRESS``."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from flows.runtime.runners import WORKER_ENV
+from tasks.config import PROJECT_ROOT
+
+STATE = PROJECT_ROOT / ".dask"
+
+
+def _cli(*args: str) -> list[str]:
+    bindir = Path(sys.executable).parent
+    return [str(bindir / "dask"), *args]
+
+
+def worker_command(scheduler: str, name: str, gpu: bool) -> list[str]:
+    cmd = _cli(
+        "worker",
+        scheduler,
+        "--nthreads",
+        "1",
+        "--nworkers",
+        "1",
+        "--name",
+        name,
+        "--host",
+        "127.0.0.1",
+        "--no-dashboard",
+    )
+    if gpu:
+        cmd += ["--resources", "GPU=1"]
+    return cmd
+
+
+def _env() -> dict[str, str]:
+    return {**os.environ, **WORKER_ENV}
+
+
+def start_cluster(
+    cpu_workers: int = 2, port: int = 8786, state: Path = STATE, timeout: float = 60
+) -> str:
+    """Start scheduler + workers in the background; return the scheduler address."""
+    from distributed import Client
+
+    state.mkdir(parents=True, exist_ok=True)
+    address = f"tcp://127.0.0.1:{port}"
+    specs = [
+        (
+            "scheduler",
+            _cli(
+                "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", ":0"
+            ),
+        )
+    ]
+    specs += [(f"cpu-{i}", worker_command(address, f"cpu-{i}", False)) for i in range(cpu_workers)]
+    specs += [("gpu-0", worker_command(address, "gpu-0", True))]
+    for name, cmd in specs:
+        log = open(state / f"{name}.log", "ab")  # noqa: SIM115 (owned by the process)
+        proc = subprocess.Popen(
+            cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        (state / f"{name}.pid").write_text(str(proc.pid))
+    with Client(address, timeout=timeout) as client:
+        client.wait_for_workers(cpu_workers + 1, timeout=timeout)
+    return address
+
+
+def stop_cluster(state: Path = STATE) -> int:
+    stopped = 0
+    for pid_file in sorted(state.glob("*.pid")):
+        try:
+            os.killpg(int(pid_file.read_text()), signal.SIGTERM)
+            stopped += 1
+        except ProcessLookupError:
+            pass
+        pid_file.unlink()
+    return stopped

@@ -1,0 +1,173 @@
+"""Feature store: Delta Lake tables (Parquet + transaction log) under one root.
+
+The root is a local folder (default ``./store``) or ``s3://bucket/prefix``; one code path
+serves both. Tables: ``cohort``, ``quarantine``, ``radiomics``, ``embeddings``,
+``predictions``, each at ``<root>/<table>``. Writes are keyed (new keys appended after an
+anti-join, replacements MERGEd), so re-running a step never duplicates rows, and every
+commit is a table version that training can pin.
+S3 settings come from the standard AWS environment variables (endpoint included); they are
+passed to delta-rs but never logged.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import pyarrow as pa
+from deltalake import DeltaTable, write_deltalake
+from deltalake.exceptions import TableNotFoundError
+
+from tasks.data import uris
+
+TABLES = ("cohort", "quarantine", "radiomics", "embeddings", "predictions")
+_AWS_ENV = (
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_REGION",
+    "AWS_DEFAULT_REGION",
+    "AWS_ENDPOINT_URL",
+    "AWS_ENDPOINT_URL_S3",
+)
+
+
+def s3_storage_options() -> dict[str, str]:
+    """delta-rs options for S3 from the environment (credentials stay in memory only)."""
+    options = {k: os.environ[k] for k in _AWS_ENV if os.environ.get(k)}
+    endpoint = options.get("AWS_ENDPOINT_URL_S3") or options.get("AWS_ENDPOINT_URL")
+    if endpoint:
+        options["AWS_ENDPOINT_URL"] = endpoint
+        if endpoint.startswith("http://"):
+            options["AWS_ALLOW_HTTP"] = "true"
+    if "AWS_REGION" not in options:
+        options["AWS_REGION"] = options.get("AWS_DEFAULT_REGION", "us-east-1")
+    # Safe concurrent commits without DynamoDB: S3 (and moto, MinIO) honour conditional PUT.
+    options.setdefault("aws_conditional_put", os.environ.get("SLN_S3_CONDITIONAL_PUT", "etag"))
+    return options
+
+
+class FeatureStore:
+    """Delta tables and plain objects under one root URI."""
+
+    def __init__(self, root: str):
+        self.root = root if uris.is_uri(root) else str(Path(root).expanduser().resolve())
+
+    def __repr__(self) -> str:
+        return f"FeatureStore({self.root!r})"
+
+    # -- locations ---------------------------------------------------------------------
+    def uri(self, *parts: str) -> str:
+        out = self.root
+        for part in parts:
+            out = uris.join(out, part)
+        return out
+
+    @property
+    def storage_options(self) -> dict[str, str] | None:
+        return s3_storage_options() if self.root.startswith("s3://") else None
+
+    # -- tables ------------------------------------------------------------------------
+    def table(self, name: str, version: int | None = None) -> DeltaTable | None:
+        try:
+            return DeltaTable(self.uri(name), version=version, storage_options=self.storage_options)
+        except TableNotFoundError:
+            return None
+
+    def version(self, name: str) -> int | None:
+        table = self.table(name)
+        return None if table is None else table.version()
+
+    def versions(self, names: tuple[str, ...] = TABLES) -> dict[str, int | None]:
+        return {name: self.version(name) for name in names}
+
+    def read(
+        self, name: str, version: int | None = None, columns: list[str] | None = None
+    ) -> pd.DataFrame:
+        """The table as a DataFrame (empty when the table does not exist yet)."""
+        table = self.table(name, version)
+        if table is None:
+            return pd.DataFrame(columns=columns or [])
+        return table.to_pyarrow_table(columns=columns).to_pandas(types_mapper=_nullable)
+
+    def insert_new(self, name: str, frame: pd.DataFrame, keys: list[str]) -> int:
+        """Insert rows whose keys are not stored yet; returns how many were inserted.
+
+        An anti-join on the stored key columns, then a plain append: a MERGE would scan
+        every stored file (all feature columns) on each chunk's commit, which grows with
+        the table. The flows are the single writer of a store, so nothing slips in
+        between the key read and the append.
+        """
+        if frame.empty:
+            return 0
+        frame = frame.drop_duplicates(subset=keys, keep="last")
+        table = self.table(name)
+        if table is not None:
+            stored = table.to_pyarrow_table(columns=keys).to_pandas()
+            seen = set(stored.astype(str).itertuples(index=False, name=None))
+            fresh = [
+                row not in seen
+                for row in frame[keys].astype(str).itertuples(index=False, name=None)
+            ]
+            frame = frame[fresh]
+            if frame.empty:
+                return 0
+        write_deltalake(
+            self.uri(name),
+            pa.Table.from_pandas(frame, preserve_index=False),
+            mode="append",
+            schema_mode="merge",
+            storage_options=self.storage_options,
+        )
+        return len(frame)
+
+    def upsert(self, name: str, frame: pd.DataFrame, keys: list[str]) -> dict[str, int]:
+        """Insert new keys and replace rows with existing keys (backfill with FORCE)."""
+        if frame.empty:
+            return {"inserted": 0, "updated": 0}
+        frame = frame.drop_duplicates(subset=keys, keep="last")
+        data = pa.Table.from_pandas(frame, preserve_index=False)
+        table = self.table(name)
+        if table is None:
+            write_deltalake(
+                self.uri(name), data, mode="append", storage_options=self.storage_options
+            )
+            return {"inserted": len(frame), "updated": 0}
+        predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
+        metrics = (
+            table.merge(
+                source=data,
+                predicate=predicate,
+                source_alias="s",
+                target_alias="t",
+                merge_schema=True,
+            )
+            .when_matched_update_all()
+            .when_not_matched_insert_all()
+            .execute()
+        )
+        return {
+            "inserted": int(metrics.get("num_target_rows_inserted", 0)),
+            "updated": int(metrics.get("num_target_rows_updated", 0)),
+        }
+
+    # -- objects (reports, models, images) ---------------------------------------------
+    def write_bytes(self, data: bytes, *parts: str) -> str:
+        import fsspec
+
+        target = self.uri(*parts)
+        fs, path = fsspec.core.url_to_fs(target)
+        fs.makedirs(fs._parent(path), exist_ok=True)
+        with fs.open(path, "wb") as fh:
+            fh.write(data)
+        return target
+
+
+def _nullable(dtype: pa.DataType):
+    # Keep integer labels nullable and strings as strings when reading back.
+    if pa.types.is_integer(dtype):
+        return pd.Int64Dtype() if dtype.bit_width == 64 else None
+    if pa.types.is_string(dtype) or pa.types.is_large_string(dtype):
+        return pd.StringDtype()
+    return None

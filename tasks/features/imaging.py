@@ -1,0 +1,314 @@
+"""Imaging step: read B-mode images and masks, and build the regions radiomics measures.
+
+Reads image and mask files (PNG/JPEG/BMP, DICOM, NIfTI/NRRD; local paths or fsspec URIs
+such as ``s3://``) through SimpleITK and turns one ``cohort`` row into :class:`Region`
+objects: the lesion (intratumoral) and a peritumoral ring around it, for every mask
+variant the row has (reader 1, reader 2, repeat delineation) and, when asked, for a
+perturbed reader-1 mask (:func:`perturb_mask`), the repeat of a case that has no real
+one. Writes nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import PurePosixPath
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+from scipy import ndimage
+
+from tasks.data import uris
+from tasks.data.ingest import GENERATED_VARIANTS, MaskVariant, case_variants, known
+
+# ITU-R BT.601 luma weights, as PIL's "L" mode: the grey a scanner's RGB export came from.
+LUMA = np.array([0.299, 0.587, 0.114])
+
+
+class InputError(ValueError):
+    """A file of a case cannot be used: which file, and why."""
+
+    def __init__(self, file: str, reason: str, column: str | None = None) -> None:
+        super().__init__(file, reason, column)
+        self.file = file
+        self.reason = reason
+        self.column = column
+
+    def __str__(self) -> str:
+        return f"{self.file}: {self.reason}"
+
+
+@dataclass(frozen=True)
+class Region:
+    """One image region to measure, with the content hashes it was derived from."""
+
+    region: str  # "intratumoral" | "peritumoral"
+    mask_variant: str  # "reader1" | "reader2" | "repeat" | "perturbed"
+    image: sitk.Image  # float32, one channel, 2D
+    mask: sitk.Image  # uint8 0/1 on the image's grid
+    image_sha256: str | None
+    mask_sha256: str | None
+    mask_file: str  # the mask file this region came from (a perturbed mask's source)
+    mask_column: str  # its manifest column
+
+
+def _suffix(uri: str) -> str:
+    # SimpleITK picks its reader by extension, so a temp copy must keep it (".nii.gz" too).
+    name = PurePosixPath(uri.split("://", 1)[-1]).name.lower()
+    for double in (".nii.gz", ".nrrd.gz"):
+        if name.endswith(double):
+            return double
+    return PurePosixPath(name).suffix
+
+
+def read_image(uri: str) -> sitk.Image:
+    """Read an image from a local path or an fsspec URI (object stores via a temp copy)."""
+    if not uris.is_uri(uri):
+        return sitk.ReadImage(str(uri))
+    fd, tmp = tempfile.mkstemp(suffix=_suffix(uri))
+    try:
+        with os.fdopen(fd, "wb") as out, uris.open_file(uri) as src:
+            while block := src.read(uris.CHUNK):
+                out.write(block)
+        return sitk.ReadImage(tmp)
+    finally:
+        os.unlink(tmp)
+
+
+def _as_2d(img: sitk.Image) -> sitk.Image:
+    """A 2D frame; a 3D file with one slice (DICOM/NIfTI exports) loses its slice axis."""
+    if img.GetDimension() == 2:
+        return img
+    if img.GetDimension() == 3 and img.GetSize()[2] == 1:
+        return img[:, :, 0]
+    raise ValueError(f"expected one 2D frame, got an image of size {img.GetSize()}")
+
+
+def _like(array: np.ndarray, ref: sitk.Image) -> sitk.Image:
+    out = sitk.GetImageFromArray(array)
+    out.SetOrigin(ref.GetOrigin())
+    out.SetSpacing(ref.GetSpacing())
+    out.SetDirection(ref.GetDirection())
+    return out
+
+
+def to_grey(img: sitk.Image) -> sitk.Image:
+    """One-channel float32 image: RGB(A) -> BT.601 luminance, greyscale -> float32.
+
+    Always float32: pyradiomics bins 8-bit input in uint8 arithmetic (``max + 2 * binWidth``
+    wraps near 255), which makes GLCM fail on about 5% of real B-mode images.
+    """
+    img = _as_2d(img)
+    channels = img.GetNumberOfComponentsPerPixel()
+    if channels == 1:
+        return sitk.Cast(img, sitk.sitkFloat32)
+    array = sitk.GetArrayViewFromImage(img)
+    # RGB or RGBA (alpha ignored); a grey+alpha image keeps its grey channel.
+    grey = array[..., :3] @ LUMA if channels >= 3 else array[..., 0]
+    return _like(grey.astype(np.float32), img)
+
+
+def read_mask(uri: str, like: sitk.Image) -> sitk.Image:
+    """Binary uint8 mask (any nonzero -> 1) on the grid of image ``like``.
+
+    0/1 and 0/255 PNGs both work; an RGB mask uses its first channel. Spacing, origin and
+    direction are copied from the image, since mask PNGs carry no geometry of their own.
+    """
+    img = _as_2d(read_image(uri))
+    array = sitk.GetArrayViewFromImage(img)
+    if img.GetNumberOfComponentsPerPixel() > 1:
+        array = array[..., 0]
+    if array.shape != sitk.GetArrayViewFromImage(like).shape[:2]:
+        raise ValueError(
+            f"mask size {img.GetSize()} does not match the image size {like.GetSize()}"
+        )
+    return _like((array != 0).astype(np.uint8), like)
+
+
+_known = known  # one definition of "the row has a value", shared with the cohort step
+
+
+def _get(case: Mapping[str, Any], key: str) -> Any:
+    value = case.get(key)
+    return value if _known(value) else None
+
+
+def set_spacing(img: sitk.Image, pixel_spacing_mm: float | None) -> sitk.Image:
+    """Set isotropic in-plane spacing (mm) when known; returns the same image object."""
+    if _known(pixel_spacing_mm):
+        img.SetSpacing((float(pixel_spacing_mm),) * img.GetDimension())
+    return img
+
+
+def ring_width_px(
+    width_mm: float = 3.0, width_px: int = 10, pixel_spacing_mm: float | None = None
+) -> float:
+    """Ring width in pixels: millimetres over the spacing when known, else ``width_px``."""
+    if _known(pixel_spacing_mm):
+        return width_mm / float(pixel_spacing_mm)
+    return float(width_px)
+
+
+def peritumoral_ring(
+    mask: sitk.Image,
+    width_mm: float = 3.0,
+    width_px: int = 10,
+    pixel_spacing_mm: float | None = None,
+) -> sitk.Image:
+    """Peritumoral ring: pixels outside the lesion within the ring width of its border.
+
+    The 3 mm default follows common practice in peritumoral radiomics (a ring of a few
+    millimetres around the lesion). PNGs without a known spacing fall back to
+    ``width_px`` pixels. Distances come from a Euclidean distance transform, so the ring
+    is round rather than the square a box-kernel dilation gives. It is clipped to the
+    image because it lives on the image's own grid.
+    """
+    lesion = sitk.GetArrayViewFromImage(mask) != 0
+    width = ring_width_px(width_mm, width_px, pixel_spacing_mm)
+    # Distance of every background pixel to the nearest lesion pixel centre.
+    distance = ndimage.distance_transform_edt(~lesion)
+    ring = (distance <= width) & ~lesion
+    return _like(ring.astype(np.uint8), mask)
+
+
+def _read_grey(uri: str, column: str, spacing: float | None) -> sitk.Image:
+    try:
+        return set_spacing(to_grey(read_image(uri)), spacing)
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise InputError(uri, f"unreadable image: {_reason(exc)}", column) from exc
+
+
+def _reason(exc: BaseException) -> str:
+    # SimpleITK puts the source location first and the message on the last line.
+    lines = str(exc).strip().splitlines()
+    return lines[-1] if lines else type(exc).__name__
+
+
+# -- perturbed masks: the repeat of a case without repeat delineations ----------------------
+# Contour displacement in pixels: an erosion or dilation of 1-2 px (or none, each a third of
+# the time) plus a smooth random field whose standard deviation is drawn from 1-2 px
+# (clipped at twice that), correlated along the contour over about a quarter of the
+# lesion's radius: a smooth disagreement of a few pixels, as between two outlines of one
+# lesion. These sizes are a judgement, not fitted to measured reader variability; a cohort
+# with real repeat delineations should use those (tasks.models.pipelines.FeatureData.pairs does).
+# Lesions under 15 px in equivalent radius move proportionally less.
+PERTURB_SHIFT_PX = (1, 2)
+PERTURB_NOISE_PX = (1.0, 2.0)
+PERTURB_MIN_PIXELS = 20
+PERTURB_FULL_RADIUS_PX = 15.0  # smaller lesions (equivalent radius) move proportionally less
+
+
+def perturb_seed(case_id: str, mask_sha256: str | None) -> int:
+    """A stable seed per case and source mask (SHA-256, not Python's salted ``hash()``)."""
+    digest = hashlib.sha256(f"sln-perturb:{case_id}:{mask_sha256 or ''}".encode()).digest()
+    return int.from_bytes(digest[:8], "big")
+
+
+def perturb_mask(mask: np.ndarray, seed: int) -> np.ndarray:
+    """A plausible second delineation of a lesion: the mask's contour moved a few pixels.
+
+    The contour is the zero level of the mask's signed distance map (positive inside, the
+    boundary half-way between pixel centres). Adding a constant moves it out or in (a
+    round dilation or erosion by 1-2 px, or none); adding a smooth random field moves it by
+    a different amount along the contour (noise, 1-2 px). Deterministic for a ``seed``.
+
+    Parameters
+    ----------
+    mask : 2D array, any nonzero value is the lesion.
+    seed : see :func:`perturb_seed`.
+
+    Returns
+    -------
+    uint8 0/1 array of the mask's shape. The mask itself (0/1) when the perturbed one would
+    have fewer than 20 pixels, so the result is never empty.
+    """
+    lesion = np.asarray(mask) != 0
+    original = lesion.astype(np.uint8)
+    if lesion.ndim != 2:
+        raise ValueError(f"perturb_mask takes a 2D mask, got shape {lesion.shape}")
+    if lesion.sum() < PERTURB_MIN_PIXELS:
+        return original
+    rng = np.random.default_rng(seed)
+    # A small lesion moves less: a few pixels would be a different lesion, not a re-read.
+    radius = np.sqrt(lesion.sum() / np.pi)  # of the disk with the lesion's area
+    scale = min(1.0, radius / PERTURB_FULL_RADIUS_PX)
+    shift = rng.choice((-1, 0, 1)) * rng.integers(PERTURB_SHIFT_PX[0], PERTURB_SHIFT_PX[1] + 1)
+    shift *= scale
+    amplitude = rng.uniform(*PERTURB_NOISE_PX) * scale
+    # Work on the lesion's box plus the largest displacement: the same result, much less
+    # work than the whole frame.
+    reach = int(np.ceil(abs(shift) + 2 * amplitude)) + 2
+    rows, cols = np.flatnonzero(lesion.any(axis=1)), np.flatnonzero(lesion.any(axis=0))
+    top, left = max(rows[0] - reach, 0), max(cols[0] - reach, 0)
+    bottom = min(rows[-1] + reach + 1, lesion.shape[0])
+    right = min(cols[-1] + reach + 1, lesion.shape[1])
+    box = lesion[top:bottom, left:right]
+    signed = np.where(
+        box,
+        ndimage.distance_transform_edt(box) - 0.5,
+        0.5 - ndimage.distance_transform_edt(~box),
+    )
+    field = ndimage.gaussian_filter(
+        rng.standard_normal(box.shape), sigma=max(2.0, radius / 4), mode="reflect"
+    )
+    field /= field.std() or 1.0
+    noise = amplitude * np.clip(field, -2.0, 2.0)
+    out = np.zeros_like(original)
+    out[top:bottom, left:right] = signed + shift + noise > 0
+    return out if out.sum() >= PERTURB_MIN_PIXELS else original
+
+
+def variant_mask(case: Mapping[str, Any], variant: MaskVariant, like: sitk.Image) -> sitk.Image:
+    """The mask of one variant of a case on the grid of ``like``: its file, or for a
+    generated variant its source file perturbed (:func:`perturb_mask`, seeded by the case
+    and the source's hash). Radiomics and embedding both read masks here, so a perturbed
+    mask is the same in both.
+
+    Raises :class:`InputError` naming the file when the mask cannot be read or used.
+    """
+    uri = str(case[variant.column])
+    try:
+        mask = read_mask(uri, like)
+    except (RuntimeError, ValueError, OSError) as exc:
+        raise InputError(uri, f"unusable mask: {_reason(exc)}", variant.column) from exc
+    if variant.name not in GENERATED_VARIANTS:
+        return mask
+    seed = perturb_seed(str(case.get("case_id")), _get(case, f"{variant.column}_sha256"))
+    return _like(perturb_mask(sitk.GetArrayViewFromImage(mask), seed), like)
+
+
+def case_regions(
+    case: Mapping[str, Any], ring_mm: float = 3.0, ring_px: int = 10, perturb: bool = False
+) -> list[Region]:
+    """The regions of one ``cohort`` row: lesion and ring for each mask variant present.
+
+    The image is read once. Hashes come from the row's ``<column>_sha256`` values (the
+    cohort step computed them), so files are not hashed again. With ``perturb``
+    (``settings.perturb_repeats``), a row without reader-2 and repeat delineations also
+    gets the regions of its perturbed reader-1 mask (variant ``perturbed``, the ring grown
+    from the perturbed lesion); :func:`tasks.data.ingest.case_variants` decides. Raises
+    :class:`InputError` naming the file when an image or mask cannot be read or does not
+    fit the image.
+    """
+    spacing = _get(case, "pixel_spacing_mm")
+    spacing = None if spacing is None else float(spacing)
+    image = _read_grey(str(case["bmus_image"]), "bmus_image", spacing)
+    regions: list[Region] = []
+    for variant in case_variants(case, perturb):
+        mask = variant_mask(case, variant, image)
+        ring = peritumoral_ring(mask, ring_mm, ring_px, spacing)
+        common = {
+            "mask_variant": variant.name,
+            "image": image,
+            "image_sha256": _get(case, "bmus_image_sha256"),
+            "mask_sha256": variant.mask_sha256,
+            "mask_file": str(case[variant.column]),
+            "mask_column": variant.column,
+        }
+        regions.append(Region(region="intratumoral", mask=mask, **common))
+        regions.append(Region(region="peritumoral", mask=ring, **common))
+    return regions

@@ -1,0 +1,147 @@
+"""Tracking and registry: MLflow runs, the registered COMB model and its ``champion`` alias.
+
+Default backend: SQLite and artifacts under the store (``<store>/mlflow``) for a local
+store, ``./.mlflow`` with artifacts on the store for an object store; ``MLFLOW_TRACKING_URI``
+overrides. Each retrain logs its parameters, the table versions it read, the metrics, the
+report, and a bundle with the three fitted pipelines (COMB also as an sklearn model,
+registered as ``sln-comb``). Promotion moves the ``champion`` alias.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import joblib
+
+from tasks.config import PROJECT_ROOT, Settings, code_version
+from tasks.data.store import FeatureStore
+from tasks.models.pipelines import FittedModel
+
+log = logging.getLogger(__name__)
+
+EXPERIMENT = "sln-radiomics"
+REGISTERED = "sln-comb"
+CHAMPION = "champion"
+BUNDLE = "bundle/models.joblib"
+
+
+def tracking_uri(settings: Settings, store: FeatureStore) -> str:
+    if settings.mlflow_tracking_uri:
+        return settings.mlflow_tracking_uri
+    folder = Path(store.root) / "mlflow" if "://" not in store.root else PROJECT_ROOT / ".mlflow"
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'mlflow.db'}"
+
+
+def _client(settings: Settings, store: FeatureStore):
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri(settings, store))
+    if mlflow.get_experiment_by_name(EXPERIMENT) is None:
+        mlflow.create_experiment(EXPERIMENT, artifact_location=store.uri("mlflow", "artifacts"))
+    mlflow.set_experiment(EXPERIMENT)
+    return mlflow, mlflow.MlflowClient()
+
+
+def _flat_metrics(evaluation: dict[str, Any]) -> dict[str, float]:
+    out = {}
+    for model, sets in evaluation["models"].items():
+        for split, metrics in sets.items():
+            for key in ("auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "brier"):
+                value = metrics.get(key)
+                if isinstance(value, int | float) and math.isfinite(value):
+                    out[f"{model}.{split}.{key}"] = float(value)
+    return out
+
+
+def log_retrain(
+    models: dict[str, FittedModel],
+    evaluation: dict[str, Any],
+    report: dict[str, str],
+    settings: Settings,
+    store: FeatureStore,
+    cnn_meta: dict[str, Any],
+) -> dict[str, Any]:
+    """One MLflow run: params, lineage, metrics, report, bundle; COMB registered."""
+    mlflow, client = _client(settings, store)
+    lineage = evaluation["versions"]
+    with mlflow.start_run(run_name=evaluation["run_id"]) as run:
+        mlflow.set_tags(
+            {"kind": "retrain", "flow_run": evaluation["run_id"], "code_version": code_version()}
+        )
+        mlflow.log_params(
+            {
+                "icc_threshold": settings.icc_threshold,
+                "pearson_threshold": settings.pearson_threshold,
+                "pca_variance": settings.pca_variance,
+                "lasso_rule": settings.lasso_rule,
+                "seed": settings.seed,
+                "params_hash": lineage["params_hash"],
+                "cnn_model_version": lineage["cnn_model_version"],
+                "table_versions": json.dumps(lineage["table_versions"]),
+                **{f"threshold.{k}": round(v, 6) for k, v in evaluation["thresholds"].items()},
+            }
+        )
+        mlflow.log_metrics(_flat_metrics(evaluation))
+        mlflow.log_dict(evaluation["selected_features"], "selected_features.json")
+        mlflow.log_dict(cnn_meta, "cnn/meta.json")
+        for uri in report.values():
+            if "://" not in uri and os.path.exists(uri):
+                mlflow.log_artifact(uri, "report")
+        mlflow.log_dict({"report": report}, "report/links.json")
+        with tempfile.TemporaryDirectory() as tmp:
+            bundle = Path(tmp) / Path(BUNDLE).name
+            joblib.dump({"models": models, "lineage": lineage, "cnn": cnn_meta}, bundle)
+            mlflow.log_artifact(str(bundle), str(Path(BUNDLE).parent))
+        info = mlflow.sklearn.log_model(
+            models["COMB"].pipeline,
+            name="COMB",
+            registered_model_name=REGISTERED,
+            # skops cannot serialise pandas-backed fitted state (selection tables).
+            serialization_format="cloudpickle",
+        )
+        run_id = run.info.run_id
+    version = _version_of(client, run_id)
+    client.set_model_version_tag(
+        REGISTERED, version, "cnn_model_version", lineage["cnn_model_version"]
+    )
+    return {"mlflow_run_id": run_id, "registered_version": version, "model_uri": info.model_uri}
+
+
+def _version_of(client, run_id: str) -> str:
+    for mv in client.search_model_versions(f"name='{REGISTERED}'"):
+        if mv.run_id == run_id:
+            return str(mv.version)
+    raise RuntimeError(f"no registered {REGISTERED} version for MLflow run {run_id}")
+
+
+def load_bundle(run_id: str, settings: Settings, store: FeatureStore) -> dict[str, Any]:
+    """The three fitted models, lineage and CNN meta logged by a retrain run."""
+    mlflow, _ = _client(settings, store)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(
+            run_id=run_id, artifact_path=BUNDLE, dst_path=tmp
+        )
+        return joblib.load(path)
+
+
+def champion(settings: Settings, store: FeatureStore) -> dict[str, Any] | None:
+    """The champion's registry version and MLflow run, or None before the first promotion."""
+    _, client = _client(settings, store)
+    try:
+        mv = client.get_model_version_by_alias(REGISTERED, CHAMPION)
+    except Exception:  # no registered model or no alias yet
+        return None
+    return {"version": str(mv.version), "mlflow_run_id": mv.run_id}
+
+
+def promote(version: str, settings: Settings, store: FeatureStore) -> None:
+    _, client = _client(settings, store)
+    client.set_registered_model_alias(REGISTERED, CHAMPION, version)
+    log.info("%s version %s is now %s", REGISTERED, version, CHAMPION)

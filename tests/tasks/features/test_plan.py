@@ -1,0 +1,121 @@
+"""Planning: which mask variants a case has, and which cases still need work."""
+
+from __future__ import annotations
+
+import hashlib
+
+import pandas as pd
+import pytest
+
+from tasks.config import Settings
+from tasks.data.ingest import PERTURBATION_VERSION, case_variants, perturbed_mask_sha
+from tasks.features.plan import plan_cases, variant_keys
+
+
+def _case(case_id: str = "C1", reader2: bool = False, repeat: bool = False) -> dict:
+    row = {
+        "case_id": case_id,
+        "bmus_image": f"/d/{case_id}.png",
+        "bmus_image_sha256": f"img-{case_id}",
+        "bmus_mask": f"/d/{case_id}_m.png",
+        "bmus_mask_sha256": f"m1-{case_id}",
+        "bmus_mask_reader2": None,
+        "bmus_mask_reader2_sha256": None,
+        "bmus_mask_repeat": float("nan"),  # pandas rows carry NaN for a missing value
+        "bmus_mask_repeat_sha256": pd.NA,
+        "exam_date": "2024-01-01",
+    }
+    if reader2:
+        row["bmus_mask_reader2"] = f"/d/{case_id}_r2.png"
+        row["bmus_mask_reader2_sha256"] = f"r2-{case_id}"
+    if repeat:
+        row["bmus_mask_repeat"] = f"/d/{case_id}_rep.png"
+        row["bmus_mask_repeat_sha256"] = f"rep-{case_id}"
+    return row
+
+
+def test_perturbed_mask_id_is_derived_from_reader1_and_the_version():
+    expected = hashlib.sha256(f"abc:perturbed:{PERTURBATION_VERSION}".encode()).hexdigest()
+    assert perturbed_mask_sha("abc") == expected
+    assert PERTURBATION_VERSION == "v1"
+    assert perturbed_mask_sha("abc") != perturbed_mask_sha("abd")
+
+
+def test_perturbed_variant_only_with_the_flag_and_without_real_repeats():
+    names = lambda case, perturb: [v.name for v in case_variants(case, perturb)]  # noqa: E731
+    assert names(_case(), False) == ["reader1"]
+    assert names(_case(), True) == ["reader1", "perturbed"]
+    assert names(_case(reader2=True), True) == ["reader1", "reader2"]
+    assert names(_case(repeat=True), True) == ["reader1", "repeat"]
+    assert names(_case(reader2=True, repeat=True), True) == ["reader1", "reader2", "repeat"]
+    for empty in (None, "", float("nan"), pd.NA):  # no reader-1 mask, nothing to perturb
+        assert names({**_case(), "bmus_mask": empty}, True) == []
+    # A repeat column that is present but empty is no repeat.
+    assert names({**_case(), "bmus_mask_repeat": ""}, True) == ["reader1", "perturbed"]
+
+    perturbed = case_variants(_case(), True)[1]
+    assert perturbed.column == "bmus_mask"  # generated from reader 1's file
+    assert perturbed.mask_sha256 == perturbed_mask_sha("m1-C1")
+    # A row without hashes (a bare test row) still gets the variant, without an id.
+    bare = {"case_id": "X", "bmus_mask": "/d/x.png"}
+    assert case_variants(bare, True)[1].mask_sha256 is None
+
+
+def test_the_setting_is_on_by_default(monkeypatch):
+    assert Settings().perturb_repeats is True
+    monkeypatch.setenv("SLN_PERTURB_REPEATS", "false")
+    assert Settings().perturb_repeats is False
+
+
+def test_variant_keys():
+    assert variant_keys(_case()) == [("C1", "reader1", "img-C1", "m1-C1")]
+    assert variant_keys(_case(), perturb=True) == [
+        ("C1", "reader1", "img-C1", "m1-C1"),
+        ("C1", "perturbed", "img-C1", perturbed_mask_sha("m1-C1")),
+    ]
+    assert variant_keys(_case(repeat=True), perturb=True) == [
+        ("C1", "reader1", "img-C1", "m1-C1"),
+        ("C1", "repeat", "img-C1", "rep-C1"),
+    ]
+
+
+def _stored(keys: list[tuple[str, str, str, str]], version: str = "p1") -> pd.DataFrame:
+    frame = pd.DataFrame(keys, columns=["case_id", "mask_variant", "image_sha256", "mask_sha256"])
+    frame["params_hash"] = version
+    return frame
+
+
+@pytest.fixture
+def cohort() -> pd.DataFrame:
+    return pd.DataFrame([_case("A"), _case("B", repeat=True), _case("C")])
+
+
+def test_a_case_without_its_perturbed_rows_is_todo_only_when_perturbing(cohort):
+    # Everything stored as before the feature: reader 1 for all, B's repeat.
+    stored = _stored([k for case in cohort.to_dict("records") for k in variant_keys(case)])
+    plan = plan_cases(cohort, stored, "params_hash", "p1")
+    assert plan.todo == [] and plan.skipped == 3
+    plan = plan_cases(cohort, stored, "params_hash", "p1", perturb=True)
+    assert [c["case_id"] for c in plan.todo] == ["A", "C"]  # B has a real repeat
+    assert plan.skipped == 1 and plan.window == 3
+
+    # A's perturbed rows stored: only C is left.
+    keys = [k for case in cohort.to_dict("records") for k in variant_keys(case)]
+    keys.append(("A", "perturbed", "img-A", perturbed_mask_sha("m1-A")))
+    plan = plan_cases(cohort, _stored(keys), "params_hash", "p1", perturb=True)
+    assert [c["case_id"] for c in plan.todo] == ["C"]
+
+    # Perturbed rows of another perturbation version (another derived id) do not count.
+    keys[-1] = ("A", "perturbed", "img-A", "some-older-perturbation-id")
+    plan = plan_cases(cohort, _stored(keys), "params_hash", "p1", perturb=True)
+    assert [c["case_id"] for c in plan.todo] == ["A", "C"]
+
+
+def test_a_new_repeat_delineation_replaces_the_perturbed_variant(cohort):
+    keys = [k for case in cohort.to_dict("records") for k in variant_keys(case, perturb=True)]
+    assert plan_cases(cohort, _stored(keys), "params_hash", "p1", perturb=True).todo == []
+    # C gets a reader-2 delineation (a new case version): it needs reader 2, not perturbed.
+    cohort.loc[2, ["bmus_mask_reader2", "bmus_mask_reader2_sha256"]] = ["/d/C_r2.png", "r2-C"]
+    plan = plan_cases(cohort, _stored(keys), "params_hash", "p1", perturb=True)
+    assert [c["case_id"] for c in plan.todo] == ["C"]
+    assert variant_keys(plan.todo[0], perturb=True)[-1][1] == "reader2"
