@@ -11,11 +11,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
-from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -25,96 +24,14 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.config import Settings
 from tasks.data import uris
+from tasks.data.schema import (
+    FILE_COLUMNS,
+    REQUIRED_COLUMNS,
+    SPLITS,
+)
 from tasks.data.store import FeatureStore
 
 log = logging.getLogger(__name__)
-
-SPLITS = ("training", "validation", "testing")
-LABELS = {0: "N0", 1: "N>=1"}
-
-# The manifest schema: one typed definition for every column the system knows.
-REQUIRED_COLUMNS = ("case_id", "site", "bmus_image", "bmus_mask")
-# Files and the image whose grid a mask must match (None: an image itself).
-FILE_COLUMNS: dict[str, str | None] = {
-    "bmus_image": None,
-    "bmus_mask": "bmus_image",
-    "cdus_image": None,
-    "cdus_mask": "cdus_image",
-    "bmus_mask_reader2": "bmus_image",
-    "bmus_mask_repeat": "bmus_image",
-}
-MANIFEST_COLUMNS = (
-    "case_id",
-    "patient_id",
-    "site",
-    "exam_date",
-    "label",
-    "split",
-    *FILE_COLUMNS,
-    "pixel_spacing_mm",
-)
-# Mask variants a manifest can give (variant -> column).
-MASK_VARIANTS = {
-    "reader1": "bmus_mask",
-    "reader2": "bmus_mask_reader2",
-    "repeat": "bmus_mask_repeat",
-}
-# Mask variants the system generates (variant -> the manifest column of its source mask).
-# "perturbed": reader 1's mask eroded/dilated and with contour noise
-# (tasks.features.imaging.perturb_mask), the ICC filter's repeat when a case has no real repeat.
-PERTURBED = "perturbed"
-GENERATED_VARIANTS = {PERTURBED: "bmus_mask"}
-# Bump when tasks.features.imaging.perturb_mask changes: the derived mask hash (the store's lineage
-# key) changes with it, so perturbed rows are extracted again rather than mixed.
-PERTURBATION_VERSION = "v1"
-REPEAT_COLUMNS = ("bmus_mask_reader2", "bmus_mask_repeat")
-
-
-class MaskVariant(NamedTuple):
-    """One mask a case is measured with."""
-
-    name: str  # a MASK_VARIANTS or GENERATED_VARIANTS key
-    column: str  # manifest column of the mask file it is read (or generated) from
-    mask_sha256: str | None  # the file's hash, or the derived id of a generated mask
-
-
-def known(value: Any) -> bool:
-    """True for a usable value: not None/NaN/NA (as pandas rows carry them), not ""."""
-    if value is None or (np.ndim(value) == 0 and pd.isna(value)):
-        return False
-    return str(value).strip() != ""
-
-
-def perturbed_mask_sha(reader1_sha256: str) -> str:
-    """Derived id of a perturbed mask: from its source mask and the perturbation version."""
-    payload = f"{reader1_sha256}:{PERTURBED}:{PERTURBATION_VERSION}"
-    return hashlib.sha256(payload.encode()).hexdigest()
-
-
-def case_variants(case: Mapping[str, Any], perturb: bool) -> list[MaskVariant]:
-    """The mask variants one ``cohort`` row is measured with: the one place that decides.
-
-    Every manifest variant whose file the row has, then ``perturbed`` when ``perturb`` is on
-    (``settings.perturb_repeats``) and the row has a reader-1 mask but neither a reader-2
-    nor a repeat delineation: real repeats are the better evidence, so a case that has one
-    is never perturbed.
-    """
-    out = [
-        MaskVariant(name, column, _sha(case, column))
-        for name, column in MASK_VARIANTS.items()
-        if known(case.get(column))
-    ]
-    source = GENERATED_VARIANTS[PERTURBED]
-    if perturb and known(case.get(source)) and not any(known(case.get(c)) for c in REPEAT_COLUMNS):
-        sha = _sha(case, source)
-        out.append(MaskVariant(PERTURBED, source, perturbed_mask_sha(sha) if sha else None))
-    return out
-
-
-def _sha(case: Mapping[str, Any], column: str) -> str | None:
-    value = case.get(f"{column}_sha256")
-    return str(value) if known(value) else None
-
 
 COHORT_SCHEMA = {
     "case_id": "string",

@@ -23,7 +23,7 @@ import SimpleITK as sitk
 from scipy import ndimage
 
 from tasks.data import uris
-from tasks.data.ingest import GENERATED_VARIANTS, MaskVariant, case_variants, known
+from tasks.data.schema import GENERATED_VARIANTS, MaskVariant, case_variants, known
 
 # ITU-R BT.601 luma weights, as PIL's "L" mode: the grey a scanner's RGB export came from.
 LUMA = np.array([0.299, 0.587, 0.114])

@@ -17,7 +17,8 @@ from dataclasses import dataclass
 import pandas as pd
 
 from tasks.config import code_version
-from tasks.data.ingest import case_variants, quarantine_frame
+from tasks.data.ingest import quarantine_frame
+from tasks.data.schema import case_variants
 from tasks.data.store import FeatureStore
 
 

@@ -33,7 +33,8 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import StandardScaler
 
-from tasks.data.ingest import GENERATED_VARIANTS, MASK_VARIANTS, PERTURBED, current_cohort
+from tasks.data.ingest import current_cohort
+from tasks.data.schema import GENERATED_VARIANTS, MASK_VARIANTS, PERTURBED
 from tasks.data.store import FeatureStore
 from tasks.evaluation.metrics import youden_threshold
 from tasks.features.plan import variant_keys

@@ -38,7 +38,7 @@ from scipy import fft, ndimage
 from scipy.special import expit
 from threadpoolctl import threadpool_limits
 
-from tasks.data.ingest import MANIFEST_COLUMNS
+from tasks.data.schema import MANIFEST_COLUMNS
 
 # ---------------------------------------------------------------------------------------
 # The latent label model (documented in docs/synthetic-cohort.md; change both together).

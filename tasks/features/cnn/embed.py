@@ -43,13 +43,8 @@ from torch.utils.data import DataLoader, Dataset
 
 from tasks.config import Settings, code_version
 from tasks.data import uris
-from tasks.data.ingest import (
-    GENERATED_VARIANTS,
-    MASK_VARIANTS,
-    case_variants,
-    current_cohort,
-    perturbed_mask_sha,
-)
+from tasks.data.ingest import current_cohort
+from tasks.data.schema import GENERATED_VARIANTS, MASK_VARIANTS, case_variants, perturbed_mask_sha
 from tasks.data.store import FeatureStore
 from tasks.features.cnn.network import DualStreamMobileNetV2, build_network
 from tasks.features.cnn.weights import convert_tflite

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from tasks.data.ingest import perturbed_mask_sha
+from tasks.data.schema import perturbed_mask_sha
 from tasks.features.imaging import (
     InputError,
     case_regions,

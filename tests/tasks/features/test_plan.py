@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from tasks.config import Settings
-from tasks.data.ingest import PERTURBATION_VERSION, case_variants, perturbed_mask_sha
+from tasks.data.schema import PERTURBATION_VERSION, case_variants, perturbed_mask_sha
 from tasks.features.plan import plan_cases, variant_keys
 
 

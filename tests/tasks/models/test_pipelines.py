@@ -7,7 +7,8 @@ import pandas as pd
 import pytest
 
 from tasks.config import Settings
-from tasks.data.ingest import COHORT_SCHEMA, perturbed_mask_sha, typed
+from tasks.data.ingest import COHORT_SCHEMA, typed
+from tasks.data.schema import perturbed_mask_sha
 from tasks.data.store import FeatureStore
 from tasks.models.pipelines import FeatureData, fit_models, icc_source, load_features
 

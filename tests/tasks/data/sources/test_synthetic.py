@@ -13,7 +13,7 @@ from PIL import Image
 from scipy import ndimage
 from sklearn.metrics import roc_auc_score
 
-from tasks.data.ingest import MANIFEST_COLUMNS
+from tasks.data.schema import MANIFEST_COLUMNS
 from tasks.data.sources import synthetic
 
 EXPECTED_COLUMNS = [

@@ -16,7 +16,8 @@ import torchvision
 from PIL import Image
 
 from tasks.config import Settings
-from tasks.data.ingest import perturbed_mask_sha, validate_manifest
+from tasks.data.ingest import validate_manifest
+from tasks.data.schema import perturbed_mask_sha
 from tasks.data.store import FeatureStore
 from tasks.features.cnn.embed import (
     CropDataset,
