@@ -154,14 +154,8 @@ class FeatureStore:
 
     # -- objects (reports, models, images) ---------------------------------------------
     def write_bytes(self, data: bytes, *parts: str) -> str:
-        import fsspec
-
-        target = self.uri(*parts)
-        fs, path = fsspec.core.url_to_fs(target)
-        fs.makedirs(fs._parent(path), exist_ok=True)
-        with fs.open(path, "wb") as fh:
-            fh.write(data)
-        return target
+        """Write an object under the root (atomically: see :func:`uris.write_bytes`)."""
+        return uris.write_bytes(self.uri(*parts), data)
 
 
 def _nullable(dtype: pa.DataType):

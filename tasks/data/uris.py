@@ -9,9 +9,11 @@ where they are used, never pickled.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import posixpath
+import tempfile
 from pathlib import Path
 
 import fsspec
@@ -78,3 +80,26 @@ def sha256(uri: str) -> str:
         while block := fh.read(CHUNK):
             digest.update(block)
     return digest.hexdigest()
+
+
+def write_bytes(uri: str, data: bytes) -> str:
+    """Write a whole object; concurrent readers never see a half-written file.
+
+    An object-store PUT is atomic already; a local file is written beside its target and
+    renamed over it.
+    """
+    fs, path = fsspec.core.url_to_fs(uri)
+    fs.makedirs(fs._parent(path), exist_ok=True)
+    if is_uri(uri) and not uri.startswith("file://"):
+        fs.pipe_file(path, data)
+        return uri
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".part")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    return uri

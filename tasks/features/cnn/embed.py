@@ -372,19 +372,6 @@ def has_cdus(cases: Sequence[Mapping[str, Any]]) -> bool:
 
 
 # -- start weights ---------------------------------------------------------------------------
-def _write_atomic(data: bytes, uri: str) -> None:
-    """Write a whole object; concurrent readers never see a half-written local file."""
-    fs, path = fsspec.core.url_to_fs(uri)
-    fs.makedirs(fs._parent(path), exist_ok=True)
-    if uris.is_uri(uri) and not uri.startswith("file://"):
-        fs.pipe_file(path, data)  # an object store PUT is atomic already
-        return
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".part")
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
-
-
 def start_weights(settings: Settings, store: FeatureStore) -> str:
     """Resolve ``settings.cnn_start`` to what :func:`~.network.build_network` takes.
 
@@ -416,7 +403,7 @@ def start_weights(settings: Settings, store: FeatureStore) -> str:
         local = os.path.join(tmp, START_FILE)
         convert_tflite(source, local)
         with open(local, "rb") as handle:
-            _write_atomic(handle.read(), target)
+            uris.write_bytes(target, handle.read())
     logger.info("converted %s into %s", source.name, target)
     return target
 
