@@ -11,7 +11,8 @@ export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export SLN_SHARED_DATA := $(SHARED_DATA)
 
 .PHONY: install demo demo-busbra test test-fast lint format ui serve run backfill retrain \
-	validate cluster cluster-stop worker-gpu bench ui-snapshot clean
+	validate cluster cluster-stop worker-gpu bench ui-snapshot clean slurm slurm-stop \
+	slurm-status certs
 
 install: $(STAMP)
 
@@ -70,8 +71,12 @@ validate: $(STAMP)
 	$(BIN)/sln validate --store $(STORE)
 
 # A scheduler, CPU workers and one GPU=1 worker as real processes on 127.0.0.1:8786.
+# TLS=1: over TLS with the certificates in $(TLS_DIR) (made when missing); flows then need
+# SLN_TLS_DIR=$(TLS_DIR) and DASK_SCHEDULER_ADDRESS=tls://127.0.0.1:8786.
+TLS_DIR ?= .dask/tls
 cluster: $(STAMP)
-	$(BIN)/sln cluster
+	$(if $(TLS),test -f $(TLS_DIR)/ca.pem || $(BIN)/sln certs --out $(TLS_DIR))
+	$(if $(TLS),SLN_TLS_DIR=$(abspath $(TLS_DIR))) $(BIN)/sln cluster
 
 cluster-stop: $(STAMP)
 	$(BIN)/sln cluster --stop
@@ -80,6 +85,23 @@ cluster-stop: $(STAMP)
 worker-gpu: $(STAMP)
 	@test -n "$(SCHEDULER)" || (echo "usage: make worker-gpu SCHEDULER=tcp://host:port"; exit 2)
 	$(BIN)/sln worker-gpu $(SCHEDULER)
+
+# A real one-node Slurm here: Debian's slurmctld, slurmd and munge (apt, once) as plain
+# processes on 127.0.0.1, partitions `cpu` (default) and `gpu`, state in .slurm/. Flows use
+# it with SLN_CLUSTER=slurm (`make slurm && SLN_CLUSTER=slurm make demo`); infra/README.md.
+slurm:
+	infra/hpc/slurm-local.sh start
+
+# Cancels every job, then stops slurmd, slurmctld and munged.
+slurm-stop:
+	infra/hpc/slurm-local.sh stop
+
+slurm-status:
+	infra/hpc/slurm-local.sh status
+
+# A CA and scheduler/worker/client certificates for Dask over TLS (SLN_TLS_DIR).
+certs: $(STAMP)
+	$(BIN)/sln certs --out $(TLS_DIR)
 
 # BUS-BRA: real B-mode images, label = malignant, a held-out scanner as external validation.
 demo-busbra: $(STAMP)

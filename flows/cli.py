@@ -26,6 +26,11 @@ def _setup_logging() -> None:
         logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
+def _settings(**overrides: object) -> Settings:
+    """The run's settings, built once here: the environment plus the options given."""
+    return Settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
 def new_run_id(kind: str) -> str:
     return f"{kind}-{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
 
@@ -84,11 +89,11 @@ def ingest(
 ) -> None:
     """Validate a manifest; write the cohort and quarantine tables."""
     _setup_logging()
-    from tasks.data.ingest import ManifestError
     from tasks.data.ingest import ingest as ingest_manifest
     from tasks.data.store import FeatureStore
+    from tasks.data.validate import ManifestError
 
-    settings = Settings(**({"store": store} if store else {}))
+    settings = _settings(store=store)
     try:
         report = ingest_manifest(
             manifest, FeatureStore(settings.store), settings, new_run_id("ingest")
@@ -125,15 +130,13 @@ def run(
 ) -> None:
     """Run the cohort flow: ingest, then radiomics (and embeddings) on Dask workers."""
     _setup_logging()
-    from flows.cohort import run_cohort
+    from flows.cohort import cohort
 
-    overrides = {"store": store, "n_workers": workers, "chunk_size": chunk_size}
-    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    settings = _settings(store=store, n_workers=workers, chunk_size=chunk_size)
     summary = _with_api(
-        lambda: run_cohort(manifest, settings, exam_from=exam_from, exam_to=exam_to, force=force)
+        lambda: cohort(manifest, settings, exam_from=exam_from, exam_to=exam_to, force=force)
     )
-    for key, value in summary.items():
-        typer.echo(f"{key}: {value}")
+    _print(summary)
 
 
 @app.command()
@@ -167,8 +170,8 @@ def retrain(
     _setup_logging()
     from flows.retrain import retrain as retrain_flow
 
-    settings = Settings(**({"store": store} if store else {}))
-    _print(_with_api(lambda: retrain_flow(settings.store, workers, promote)))
+    settings = _settings(store=store, n_workers=workers)
+    _print(_with_api(lambda: retrain_flow(settings, promote)))
 
 
 @app.command()
@@ -181,8 +184,8 @@ def validate(
     _setup_logging()
     from flows.validate import validate as validate_flow
 
-    settings = Settings(**({"store": store} if store else {}))
-    state = _with_api(lambda: validate_flow(settings.store, auc_floor, workers, return_state=True))
+    settings = _settings(store=store, n_workers=workers, auc_floor=auc_floor)
+    state = _with_api(lambda: validate_flow(settings, return_state=True))
     result = state.result(raise_on_failure=False)
     if isinstance(result, dict):
         _print(result)
@@ -204,27 +207,28 @@ def demo(
     import os
 
     _setup_logging()
-    from flows.cohort import run_cohort
+    from flows.cohort import cohort
     from flows.retrain import retrain as retrain_flow
     from flows.validate import validate as validate_flow
     from tasks.data.sources.synthetic import generate_cohort
 
-    # CPU settings for this run (Dask workers inherit the environment).
-    os.environ.setdefault("SLN_CNN_SIZE", str(cnn_size))
-    os.environ.setdefault("SLN_CNN_EPOCHS", str(epochs))
     manifest = out / "manifest.csv"
     if not manifest.exists():
         typer.echo(f"synthesising {patients} patients into {out} ...")
         generate_cohort(out, n_patients=patients, seed=seed, preview=True)
-    settings = Settings(store=store)
+    # CPU defaults for the demo, unless the environment sets them.
+    cpu = {"cnn_size": cnn_size, "cnn_epochs": epochs}
+    settings = _settings(
+        store=store, **{k: v for k, v in cpu.items() if f"SLN_{k.upper()}" not in os.environ}
+    )
 
     def pipeline() -> dict:
         typer.echo("== cohort flow: ingest, radiomics, embeddings")
-        _print(run_cohort(str(manifest), settings))
+        _print(cohort(str(manifest), settings))
         typer.echo("== retrain flow: fine-tune CNN, select features, fit ONLY_HF / ONLY_DF / COMB")
-        _print(retrain_flow(settings.store))
+        _print(retrain_flow(settings))
         typer.echo("== validate flow: score the champion, predictions, report")
-        state = validate_flow(settings.store, return_state=True)
+        state = validate_flow(settings, return_state=True)
         return state.result(raise_on_failure=False)
 
     summary = _with_api(pipeline)
@@ -236,8 +240,8 @@ def demo(
 
 @app.command()
 def backfill(
-    start: str = typer.Option(..., "--from", help="First exam date (YYYY-MM-DD)"),
-    end: str = typer.Option(..., "--to", help="Last exam date (YYYY-MM-DD)"),
+    exam_from: str = typer.Option(..., "--from", help="First exam date (YYYY-MM-DD)"),
+    exam_to: str = typer.Option(..., "--to", help="Last exam date (YYYY-MM-DD)"),
     store: str = typer.Option(None, help="Store root"),
     force: bool = typer.Option(False, help="Re-extract the window, MERGE-replacing rows"),
     manifest: str = typer.Option(None, help="Ingest this manifest first (optional)"),
@@ -246,8 +250,8 @@ def backfill(
     _setup_logging()
     from flows.cohort import backfill as backfill_flow
 
-    settings = Settings(**({"store": store} if store else {}))
-    _print(_with_api(lambda: backfill_flow(start, end, settings.store, force, manifest)))
+    settings = _settings(store=store)
+    _print(_with_api(lambda: backfill_flow(exam_from, exam_to, settings, force, manifest)))
 
 
 @app.command()
@@ -261,8 +265,7 @@ def serve(
     _setup_logging()
     from flows.schedules import serve_all
 
-    settings = Settings(**({"store": store} if store else {}))
-    _with_api(lambda: serve_all(settings, manifest))
+    _with_api(lambda: serve_all(_settings(store=store), manifest))
 
 
 @app.command()
@@ -307,12 +310,26 @@ def convert_tflite_cmd(
     out: str = typer.Option(..., help="Destination .pth (path or s3:// URI)"),
 ) -> None:
     """Dequantise Google's TFLite MobileNetV2 into a torchvision mobilenet_v2 checkpoint."""
-    from tasks.features.cnn.embed import TFLITE_FILE
+    from tasks.features.cnn.start import TFLITE_FILE
     from tasks.features.cnn.weights import convert_tflite
 
     src = src or Settings().shared_data / "mobilenet_v2_tflite" / TFLITE_FILE
     meta = convert_tflite(src, out)
     typer.echo(f"wrote {out} (from {meta['source']}, sha256 {meta['source_sha256'][:12]}...)")
+
+
+@app.command()
+def certs(
+    out: Path = typer.Option(..., help="Folder for ca.pem and the role certificates/keys"),
+    host: list[str] = typer.Option([], help="Extra DNS name or IP for the certificates"),
+    days: int = typer.Option(365, help="Validity in days"),
+) -> None:
+    """Make a CA and scheduler/worker/client certificates for Dask comms over TLS."""
+    from flows.runtime.tls import make_certs
+
+    folder = make_certs(out, hosts=host, days=days)
+    typer.echo(f"wrote {folder}: ca.pem, {{scheduler,worker,client}}{{.pem,-key.pem}}")
+    typer.echo(f"use them: export SLN_TLS_DIR={folder.resolve()}")
 
 
 if __name__ == "__main__":

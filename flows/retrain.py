@@ -8,22 +8,22 @@ import dask
 from prefect import flow, get_run_logger
 
 from flows.cohort import current_run_id
-from flows.fanout import commit_as_completed, embedding_chunks, submit_embeddings
+from flows.extract import commit_as_completed, embedding_chunks, submit_embeddings
 from flows.runtime.runners import task_runner
-from tasks.config import Settings
+from tasks.config import Settings, resolve_settings
 from tasks.data.ingest import current_cohort, with_perturbation
 from tasks.data.store import FeatureStore
+from tasks.data.tables import COHORT, FEATURE_TABLES
 from tasks.evaluation.artifacts import publish_evaluation, publish_run_summary
 from tasks.evaluation.evaluate import cohort_flow_counts, compare_with_champion, evaluate
 from tasks.evaluation.report import write_report
-from tasks.features.cnn.embed import (
-    finetune_task,
-    plan_embeddings,
-    set_current_model,
-    start_weights,
-)
+from tasks.features.cnn.embed import set_current_model
+from tasks.features.cnn.start import start_weights
+from tasks.features.cnn.train import finetune_task
 from tasks.features.radiomics import current_params_hash
-from tasks.models.pipelines import fit_models, load_features, training_cases
+from tasks.features.work import plan_work_task
+from tasks.models.features import load_features, training_cases
+from tasks.models.pipelines import fit_models
 from tasks.models.registry import champion, log_retrain, promote
 
 
@@ -31,7 +31,6 @@ from tasks.models.registry import champion, log_retrain, promote
 def train_and_embed(settings: Settings, run_id: str, table_versions: dict) -> dict:
     """Fine-tune on a GPU-resource worker, then embed every case with the new model."""
     store = FeatureStore(settings.store)
-    settings = with_perturbation(current_cohort(store.read("cohort")), settings)
     cases = training_cases(store, table_versions["cohort"])
     get_run_logger().info(
         "%d labelled training cases (cohort v%s)", len(cases), table_versions["cohort"]
@@ -40,62 +39,63 @@ def train_and_embed(settings: Settings, run_id: str, table_versions: dict) -> di
         meta = finetune_task.submit(
             cases, settings, start_weights(settings, store), table_versions
         ).result()
-    plan = plan_embeddings(store, settings, model=meta["uri"])
-    chunks = embedding_chunks(plan, settings)
+    cohort = current_cohort(store.read(COHORT))
+    work = plan_work_task(
+        cohort, store, with_perturbation(cohort, settings), radiomics=False, model=meta["uri"]
+    )
     totals = commit_as_completed(
-        submit_embeddings(chunks, plan.model, plan.dual, settings), store, run_id
+        submit_embeddings(embedding_chunks(work, settings), work.embeddings, settings),
+        store,
+        run_id,
     )
     return {"cnn": meta, "embeddings": totals["embeddings"]}
 
 
 @flow(name="retrain", log_prints=True, persist_result=True)
-def retrain(
-    store: str = "./store", workers: int | None = None, promote_champion: bool = True
-) -> dict:
+def retrain(settings: Settings | None = None, promote_champion: bool = True) -> dict:
     """Retrain on the current cohort's training split and evaluate on every split.
 
     Parameters
     ----------
-    store: feature store root
-    workers: local Dask process workers (ignored on an existing cluster)
+    settings: run settings built by the caller (None: from the environment)
     promote_champion: allow promotion (a dry run evaluates and registers only)
     """
-    settings = Settings(store=store, **({"n_workers": workers} if workers else {}))
-    feature_store = FeatureStore(settings.store)
+    settings = resolve_settings(settings)
+    store = FeatureStore(settings.store)
     run_id = current_run_id("retrain")
-    versions = feature_store.versions(("cohort", "radiomics", "embeddings"))
+    versions = store.versions(FEATURE_TABLES)
     trained = train_and_embed.with_options(task_runner=task_runner(settings))(
         settings, run_id, versions
     )
     cnn = trained["cnn"]
-    data = load_features(feature_store, current_params_hash(settings), cnn["version"])
+    data = load_features(store, current_params_hash(settings), cnn["version"])
     models = fit_models(data, settings)
     evaluation = evaluate(
-        models, data, run_id, "retrain", cohort_flow_counts(feature_store), {"cnn": cnn["version"]}
+        models, data, run_id, "retrain", cohort_flow_counts(store), {"cnn": cnn["version"]}
     )
-    report = write_report(evaluation, feature_store.uri("reports", run_id))
-    logged = log_retrain(models, evaluation, report, settings, feature_store, cnn)
+    report = write_report(evaluation, store.uri("reports", run_id))
+    logged = log_retrain(models, evaluation, report, settings, store, cnn)
 
-    current = champion(settings, feature_store)
-    decision = compare_with_champion(models["COMB"], data, current, settings, feature_store)
-    if promote_champion and decision["promote"]:
-        promote(logged["registered_version"], settings, feature_store)
-        set_current_model(feature_store, cnn["uri"])  # nightly runs embed with it from now on
+    current = champion(settings, store)
+    decision = compare_with_champion(models["COMB"], data, current, settings, store)
+    if promote_champion and decision.promote:
+        promote(logged["registered_version"], settings, store)
+        set_current_model(store, cnn["uri"])  # nightly runs embed with it from now on
     summary = {
         "run_id": run_id,
         "training_cases": cnn["training_cases"],
         "cnn_model_version": cnn["version"],
         "cnn_best_epoch": cnn.get("best_epoch"),
         "cnn_worker": cnn.get("worker"),
-        "cases_embedded": trained["embeddings"]["cases"],
+        "cases_embedded": trained["embeddings"].cases,
         "registered_version": logged["registered_version"],
         "mlflow_run_id": logged["mlflow_run_id"],
-        "promoted": bool(promote_champion and decision["promote"]),
-        "promotion": decision["reason"],
+        "promoted": bool(promote_champion and decision.promote),
+        "promotion": decision.reason,
         "report": report["html"],
         **{
-            f"auc_{name}_{split}": round(m["auc"], 3)
-            for name, sets in evaluation["models"].items()
+            f"auc_{name}_{split}": round(m.auc, 3)
+            for name, sets in evaluation.models.items()
             for split, m in sets.items()
         },
     }

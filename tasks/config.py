@@ -13,7 +13,7 @@ import importlib.metadata
 import os
 import subprocess
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -29,7 +29,7 @@ def default_shared_data() -> Path:
 class Settings(BaseSettings):
     """Run settings. Environment variables: ``SLN_<FIELD>`` (e.g. ``SLN_STORE``)."""
 
-    model_config = SettingsConfigDict(env_prefix="SLN_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix="SLN_", extra="ignore", populate_by_name=True)
 
     store: str = Field("./store", description="Feature store root: a folder or s3://bucket/prefix")
     data_roots: Annotated[list[str], NoDecode] = Field(
@@ -89,6 +89,39 @@ class Settings(BaseSettings):
     mlflow_tracking_uri: str | None = Field(
         None, validation_alias="MLFLOW_TRACKING_URI", exclude=True
     )
+    # Where the Dask workers come from (flows/runtime/runners.py, infra/README.md).
+    cluster: Literal["auto", "local", "address", "slurm"] = Field(
+        "auto",
+        description="'local': a loopback cluster per flow run; 'address': the scheduler at "
+        "DASK_SCHEDULER_ADDRESS; 'slurm': worker jobs on Slurm (dask-jobqueue), one "
+        "scheduler per flow run; 'auto': 'address' when DASK_SCHEDULER_ADDRESS is set, "
+        "else 'local'",
+    )
+    tls_dir: Path | None = Field(
+        None,
+        description="Folder with ca.pem and scheduler/worker/client certificates "
+        "(`sln certs --out DIR`): Dask comms use TLS with them. With cluster='slurm' and "
+        "no folder set, certificates are made once in .dask/tls",
+    )
+    slurm_cpu_partition: str = Field("cpu", description="Partition of the CPU worker jobs")
+    slurm_gpu_partition: str = Field("gpu", description="Partition of the GPU=1 worker jobs")
+    slurm_cpu_jobs: int = Field(4, ge=0, description="At most this many CPU worker jobs")
+    slurm_gpu_jobs: int = Field(1, ge=0, description="At most this many GPU worker jobs")
+    slurm_gpu_gres: str = Field(
+        "gpu:1", description="--gres of each GPU worker job ('' to request none)"
+    )
+    slurm_memory: str = Field("4GB", description="Memory of each worker job (one process)")
+    slurm_walltime: str = Field("02:00:00", description="Walltime of each worker job")
+    slurm_account: str | None = Field(None, description="Account (-A) for the worker jobs")
+    slurm_interface: str | None = Field(
+        None,
+        description="Network interface the scheduler and workers use (ib0, eth0); unset: "
+        "127.0.0.1, i.e. every job on the flow's machine (the one-node cluster of `make slurm`)",
+    )
+    slurm_log_dir: Path = Field(
+        PROJECT_ROOT / ".slurm" / "jobs",
+        description="Job stdout/stderr files (a folder the compute nodes can write)",
+    )
 
     @field_validator("data_roots", mode="before")
     @classmethod
@@ -101,6 +134,19 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+
+def resolve_settings(settings: Settings | None) -> Settings:
+    """The settings a flow runs with: built at the edge (CLI, deployment) and passed down.
+
+    A flow parameter travels as JSON through the Prefect API, which leaves out the fields
+    excluded from dumps (a tracking URI may hold a password); those are read again from
+    the environment of the process that runs the flow. ``None`` (a deployment run with no
+    settings) means the environment's settings.
+    """
+    if settings is None:
+        return Settings()
+    return Settings(**settings.model_dump(exclude_unset=True))
 
 
 def _split_uri_list(value: str) -> list[str]:

@@ -1,10 +1,15 @@
-"""Where tasks run: a local Dask cluster by default, an existing one when configured.
+"""Where tasks run: ``settings.cluster`` (``SLN_CLUSTER``) picks the Dask cluster.
 
-The local cluster is process workers with one thread each (pyradiomics and SimpleITK are
-CPU-bound; threads would fight over the GIL and over BLAS pools), BLAS/OMP limited to one
-thread, and exactly one worker that carries the ``GPU=1`` resource, so CNN tasks submitted
-under ``dask.annotate(resources={"GPU": 1})`` all land there (on the CPU when no CUDA
-device exists). With ``DASK_SCHEDULER_ADDRESS`` set, the same flows run on that cluster.
+- ``local`` (the default without ``DASK_SCHEDULER_ADDRESS``): process workers with one
+  thread each (pyradiomics and SimpleITK are CPU-bound; threads would fight over the GIL
+  and over BLAS pools), BLAS/OMP limited to one thread, and exactly one worker that
+  carries the ``GPU=1`` resource, so CNN tasks submitted under
+  ``dask.annotate(resources={"GPU": 1})`` all land there (on the CPU when no CUDA device
+  exists).
+- ``address`` (the default with ``DASK_SCHEDULER_ADDRESS`` set): that existing cluster,
+  over TLS when ``SLN_TLS_DIR`` holds the certificates (``sln certs``).
+- ``slurm``: worker jobs on Slurm through dask-jobqueue, a scheduler per flow run
+  (:mod:`flows.runtime.slurm`).
 """
 
 from __future__ import annotations
@@ -57,12 +62,12 @@ def local_cluster(n_workers: int = 2, gpu_workers: int = 1, memory_limit: str = 
         return SpecCluster(workers=workers, scheduler=scheduler, name="sln-local")
 
 
-def check_gpu_workers(address: str, timeout: float = 30) -> list[str]:
+def check_gpu_workers(address: str, timeout: float = 30, security=None) -> list[str]:
     """Names of the workers offering ``GPU``; fail fast when there are none, since CNN
     tasks would otherwise wait forever for a worker that can take them."""
     from distributed import Client
 
-    with Client(address, timeout=timeout) as client:
+    with Client(address, timeout=timeout, security=security) as client:
         workers = client.scheduler_info(n_workers=-1)["workers"].values()
         names = [str(w.get("name")) for w in workers if w.get("resources", {}).get("GPU")]
     if not names:
@@ -73,10 +78,28 @@ def check_gpu_workers(address: str, timeout: float = 30) -> list[str]:
     return names
 
 
+def cluster_kind(settings: Settings) -> str:
+    if settings.cluster != "auto":
+        return settings.cluster
+    return "address" if settings.dask_scheduler_address else "local"
+
+
 def task_runner(settings: Settings) -> DaskTaskRunner:
-    if settings.dask_scheduler_address:
-        check_gpu_workers(settings.dask_scheduler_address)
-        return DaskTaskRunner(address=settings.dask_scheduler_address)
+    kind = cluster_kind(settings)
+    if kind == "slurm":
+        from flows.runtime.slurm import slurm_task_runner
+
+        return slurm_task_runner(settings)
+    if kind == "address":
+        if not settings.dask_scheduler_address:
+            raise ValueError("SLN_CLUSTER=address needs DASK_SCHEDULER_ADDRESS")
+        client_kwargs = {}
+        if settings.tls_dir:
+            from flows.runtime.tls import security
+
+            client_kwargs["security"] = security(settings.tls_dir)
+        check_gpu_workers(settings.dask_scheduler_address, security=client_kwargs.get("security"))
+        return DaskTaskRunner(address=settings.dask_scheduler_address, client_kwargs=client_kwargs)
     return DaskTaskRunner(
         cluster_class=local_cluster,
         cluster_kwargs={"n_workers": settings.n_workers, "gpu_workers": 1},

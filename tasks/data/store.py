@@ -20,8 +20,8 @@ from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
 from tasks.data import uris
+from tasks.data.tables import TABLES, TableSpec
 
-TABLES = ("cohort", "quarantine", "radiomics", "embeddings", "predictions")
 _AWS_ENV = (
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
@@ -69,30 +69,33 @@ class FeatureStore:
         return s3_storage_options() if self.root.startswith("s3://") else None
 
     # -- tables ------------------------------------------------------------------------
-    def table(self, name: str, version: int | None = None) -> DeltaTable | None:
+    def table(self, spec: TableSpec | str, version: int | None = None) -> DeltaTable | None:
+        name = _name(spec)
         try:
             return DeltaTable(self.uri(name), version=version, storage_options=self.storage_options)
         except TableNotFoundError:
             return None
 
-    def version(self, name: str) -> int | None:
-        table = self.table(name)
+    def version(self, spec: TableSpec | str) -> int | None:
+        table = self.table(spec)
         return None if table is None else table.version()
 
-    def versions(self, names: tuple[str, ...] = TABLES) -> dict[str, int | None]:
-        return {name: self.version(name) for name in names}
+    def versions(
+        self, specs: tuple[TableSpec, ...] = tuple(TABLES.values())
+    ) -> dict[str, int | None]:
+        return {spec.name: self.version(spec) for spec in specs}
 
     def read(
-        self, name: str, version: int | None = None, columns: list[str] | None = None
+        self, spec: TableSpec | str, version: int | None = None, columns: list[str] | None = None
     ) -> pd.DataFrame:
         """The table as a DataFrame (empty when the table does not exist yet)."""
-        table = self.table(name, version)
+        table = self.table(spec, version)
         if table is None:
             return pd.DataFrame(columns=columns or [])
         return table.to_pyarrow_table(columns=columns).to_pandas(types_mapper=_nullable)
 
-    def insert_new(self, name: str, frame: pd.DataFrame, keys: list[str]) -> int:
-        """Insert rows whose keys are not stored yet; returns how many were inserted.
+    def insert_new(self, spec: TableSpec, frame: pd.DataFrame) -> int:
+        """Insert rows whose keys (``spec.keys``) are not stored yet; returns how many.
 
         An anti-join on the stored key columns, then a plain append: a MERGE would scan
         every stored file (all feature columns) on each chunk's commit, which grows with
@@ -101,8 +104,9 @@ class FeatureStore:
         """
         if frame.empty:
             return 0
+        keys = list(spec.keys)
         frame = frame.drop_duplicates(subset=keys, keep="last")
-        table = self.table(name)
+        table = self.table(spec)
         if table is not None:
             stored = table.to_pyarrow_table(columns=keys).to_pandas()
             seen = set(stored.astype(str).itertuples(index=False, name=None))
@@ -114,7 +118,7 @@ class FeatureStore:
             if frame.empty:
                 return 0
         write_deltalake(
-            self.uri(name),
+            self.uri(spec.name),
             pa.Table.from_pandas(frame, preserve_index=False),
             mode="append",
             schema_mode="merge",
@@ -122,16 +126,17 @@ class FeatureStore:
         )
         return len(frame)
 
-    def upsert(self, name: str, frame: pd.DataFrame, keys: list[str]) -> dict[str, int]:
+    def upsert(self, spec: TableSpec, frame: pd.DataFrame) -> dict[str, int]:
         """Insert new keys and replace rows with existing keys (backfill with FORCE)."""
         if frame.empty:
             return {"inserted": 0, "updated": 0}
+        keys = list(spec.keys)
         frame = frame.drop_duplicates(subset=keys, keep="last")
         data = pa.Table.from_pandas(frame, preserve_index=False)
-        table = self.table(name)
+        table = self.table(spec)
         if table is None:
             write_deltalake(
-                self.uri(name), data, mode="append", storage_options=self.storage_options
+                self.uri(spec.name), data, mode="append", storage_options=self.storage_options
             )
             return {"inserted": len(frame), "updated": 0}
         predicate = " AND ".join(f"t.`{k}` = s.`{k}`" for k in keys)
@@ -156,6 +161,10 @@ class FeatureStore:
     def write_bytes(self, data: bytes, *parts: str) -> str:
         """Write an object under the root (atomically: see :func:`uris.write_bytes`)."""
         return uris.write_bytes(self.uri(*parts), data)
+
+
+def _name(spec: TableSpec | str) -> str:
+    return spec if isinstance(spec, str) else spec.name
 
 
 def _nullable(dtype: pa.DataType):

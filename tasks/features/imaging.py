@@ -79,7 +79,7 @@ def read_image(uri: str) -> sitk.Image:
         os.unlink(tmp)
 
 
-def _as_2d(img: sitk.Image) -> sitk.Image:
+def as_2d(img: sitk.Image) -> sitk.Image:
     """A 2D frame; a 3D file with one slice (DICOM/NIfTI exports) loses its slice axis."""
     if img.GetDimension() == 2:
         return img
@@ -102,7 +102,7 @@ def to_grey(img: sitk.Image) -> sitk.Image:
     Always float32: pyradiomics bins 8-bit input in uint8 arithmetic (``max + 2 * binWidth``
     wraps near 255), which makes GLCM fail on about 5% of real B-mode images.
     """
-    img = _as_2d(img)
+    img = as_2d(img)
     channels = img.GetNumberOfComponentsPerPixel()
     if channels == 1:
         return sitk.Cast(img, sitk.sitkFloat32)
@@ -118,7 +118,7 @@ def read_mask(uri: str, like: sitk.Image) -> sitk.Image:
     0/1 and 0/255 PNGs both work; an RGB mask uses its first channel. Spacing, origin and
     direction are copied from the image, since mask PNGs carry no geometry of their own.
     """
-    img = _as_2d(read_image(uri))
+    img = as_2d(read_image(uri))
     array = sitk.GetArrayViewFromImage(img)
     if img.GetNumberOfComponentsPerPixel() > 1:
         array = array[..., 0]
@@ -132,7 +132,8 @@ def read_mask(uri: str, like: sitk.Image) -> sitk.Image:
 _known = known  # one definition of "the row has a value", shared with the cohort step
 
 
-def _get(case: Mapping[str, Any], key: str) -> Any:
+def case_value(case: Mapping[str, Any], key: str) -> Any:
+    """A row's value of ``key``; None when it is missing (absent, None, NaN or empty)."""
     value = case.get(key)
     return value if _known(value) else None
 
@@ -179,13 +180,20 @@ def _read_grey(uri: str, column: str, spacing: float | None) -> sitk.Image:
     try:
         return set_spacing(to_grey(read_image(uri)), spacing)
     except (RuntimeError, ValueError, OSError) as exc:
-        raise InputError(uri, f"unreadable image: {_reason(exc)}", column) from exc
+        raise InputError(uri, f"unreadable image: {error_reason(exc)}", column) from exc
 
 
-def _reason(exc: BaseException) -> str:
-    # SimpleITK puts the source location first and the message on the last line.
+def error_reason(exc: BaseException, with_type: bool = False) -> str:
+    """The message of an error, for a quarantine entry: its last line, else its type name
+    (with ``with_type``, always prefixed by the type name: third-party failures).
+
+    SimpleITK puts the source location first and the message on the last line.
+    """
     lines = str(exc).strip().splitlines()
-    return lines[-1] if lines else type(exc).__name__
+    message = lines[-1] if lines else ""
+    if with_type:
+        return f"{type(exc).__name__}: {message}".rstrip(": ")
+    return message or type(exc).__name__
 
 
 # -- perturbed masks: the repeat of a case without repeat delineations ----------------------
@@ -274,10 +282,10 @@ def variant_mask(case: Mapping[str, Any], variant: MaskVariant, like: sitk.Image
     try:
         mask = read_mask(uri, like)
     except (RuntimeError, ValueError, OSError) as exc:
-        raise InputError(uri, f"unusable mask: {_reason(exc)}", variant.column) from exc
+        raise InputError(uri, f"unusable mask: {error_reason(exc)}", variant.column) from exc
     if variant.name not in GENERATED_VARIANTS:
         return mask
-    seed = perturb_seed(str(case.get("case_id")), _get(case, f"{variant.column}_sha256"))
+    seed = perturb_seed(str(case.get("case_id")), case_value(case, f"{variant.column}_sha256"))
     return _like(perturb_mask(sitk.GetArrayViewFromImage(mask), seed), like)
 
 
@@ -294,7 +302,7 @@ def case_regions(
     :class:`InputError` naming the file when an image or mask cannot be read or does not
     fit the image.
     """
-    spacing = _get(case, "pixel_spacing_mm")
+    spacing = case_value(case, "pixel_spacing_mm")
     spacing = None if spacing is None else float(spacing)
     image = _read_grey(str(case["bmus_image"]), "bmus_image", spacing)
     regions: list[Region] = []
@@ -304,7 +312,7 @@ def case_regions(
         common = {
             "mask_variant": variant.name,
             "image": image,
-            "image_sha256": _get(case, "bmus_image_sha256"),
+            "image_sha256": case_value(case, "bmus_image_sha256"),
             "mask_sha256": variant.mask_sha256,
             "mask_file": str(case[variant.column]),
             "mask_column": variant.column,

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pykwalify.core
 import pykwalify.errors
 import radiomics
@@ -33,10 +34,10 @@ from prefect.cache_policies import NO_CACHE
 from radiomics import featureextractor, getParameterValidationFiles
 
 from tasks.config import Settings
-from tasks.data.ingest import current_cohort
 from tasks.data.store import FeatureStore
-from tasks.features.imaging import InputError, Region, case_regions
-from tasks.features.plan import Plan, commit_rows, plan_cases
+from tasks.data.tables import RADIOMICS
+from tasks.features.imaging import InputError, Region, case_regions, error_reason
+from tasks.features.plan import ChunkResult, CommitCounts, Plan, Window, commit_chunk, plan_cases
 
 logger = logging.getLogger(__name__)
 
@@ -230,11 +231,6 @@ def extract_region(
     return row
 
 
-def _reason(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return f"{type(exc).__name__}: {lines[-1] if lines else ''}".rstrip(": ")
-
-
 def _log_sigmas(params: Mapping[str, Any]) -> list[float]:
     image_types = params.get("imageType") or {}
     if "LoG" not in image_types:
@@ -289,7 +285,8 @@ def extract_case(
         try:
             features = extract_region(extractor, region)
         except Exception as exc:  # any pyradiomics failure quarantines the case, not the run
-            reason = f"{region.region} ({region.mask_variant}) extraction failed: {_reason(exc)}"
+            failure = error_reason(exc, with_type=True)
+            reason = f"{region.region} ({region.mask_variant}) extraction failed: {failure}"
             raise ExtractionError(case_id, region.mask_file, reason, region.mask_column) from exc
         meta = {
             "case_id": case_id,
@@ -349,9 +346,6 @@ def extract_cases(
 
 
 # -- store side: plan and commit (run in the flow process, the single writer) ---------------
-STORE_KEYS = ["case_id", "region", "mask_variant", "image_sha256", "mask_sha256", "params_hash"]
-
-
 def current_params_hash(settings: Settings) -> str:
     """The params hash rows extracted with the current settings carry."""
     params = load_params(settings.radiomics_params)
@@ -359,38 +353,24 @@ def current_params_hash(settings: Settings) -> str:
 
 
 def plan_radiomics(
-    store: FeatureStore,
-    settings: Settings,
-    exam_from: str | None = None,
-    exam_to: str | None = None,
-    force: bool = False,
+    cohort: pd.DataFrame, store: FeatureStore, settings: Settings, window: Window = Window()
 ) -> tuple[Plan, dict[str, Any]]:
-    """Validated params and the current cases that lack rows for them."""
+    """Validated params and the current cases (of ``cohort``) that lack rows for them."""
     params = load_params(settings.radiomics_params)
-    phash = current_params_hash(settings)
-    cohort = current_cohort(store.read("cohort"))
-    stored = store.read("radiomics", columns=STORE_KEYS)
-    plan = plan_cases(
-        cohort, stored, "params_hash", phash, exam_from, exam_to, force, settings.perturb_repeats
-    )
+    phash = params_hash(params, ring_mm=settings.ring_mm, ring_px=settings.ring_px)
+    stored = store.read(RADIOMICS, columns=list(RADIOMICS.keys))
+    plan = plan_cases(cohort, stored, "params_hash", phash, window, settings.perturb_repeats)
     return plan, params
 
 
 def commit_radiomics(
-    result: tuple[list[dict[str, Any]], list[dict[str, Any]]],
-    store: FeatureStore,
-    run_id: str,
-    force: bool = False,
-) -> dict[str, int]:
-    """Write one chunk's rows (MERGE on the lineage keys) and its failures to quarantine."""
-    rows, failures = result
-    return commit_rows(
-        "radiomics", STORE_KEYS, "radiomics", rows, failures, store, run_id, force, "extracted_at"
-    )
+    result: ChunkResult, store: FeatureStore, run_id: str, force: bool = False
+) -> CommitCounts:
+    """Write one chunk's rows (on the lineage keys) and its failures to quarantine."""
+    return commit_chunk(RADIOMICS, "radiomics", result, store, run_id, force)
 
 
 # -- Prefect wrappers ------------------------------------------------------------------------
-plan_radiomics_task = task(plan_radiomics, name="plan-radiomics", cache_policy=NO_CACHE)
 commit_radiomics_task = task(
     commit_radiomics,
     name="commit-radiomics",
@@ -403,10 +383,11 @@ commit_radiomics_task = task(
 @task(name="extract-radiomics", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=5)
 def extract_chunk_task(
     chunk: list[dict[str, Any]], params: dict[str, Any], settings: Settings
-) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+) -> ChunkResult:
     """One Dask task: a chunk of cases, progress to the Prefect run log."""
     limit_threads()
-    return extract_cases(
+    started = time.perf_counter()
+    rows, failures = extract_cases(
         chunk,
         params,
         settings.ring_mm,
@@ -414,3 +395,4 @@ def extract_chunk_task(
         log=get_run_logger(),
         perturb=settings.perturb_repeats,
     )
+    return ChunkResult(rows, failures, time.perf_counter() - started)

@@ -18,9 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import joblib
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
 from tasks.config import PROJECT_ROOT, Settings, code_version
 from tasks.data.store import FeatureStore
+from tasks.evaluation.results import Evaluation
 from tasks.models.pipelines import FittedModel
 
 log = logging.getLogger(__name__)
@@ -29,6 +32,7 @@ EXPERIMENT = "sln-radiomics"
 REGISTERED = "sln-comb"
 CHAMPION = "champion"
 BUNDLE = "bundle/models.joblib"
+TRACKED = ("auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "brier")
 
 
 def tracking_uri(settings: Settings, store: FeatureStore) -> str:
@@ -49,20 +53,21 @@ def _client(settings: Settings, store: FeatureStore):
     return mlflow, mlflow.MlflowClient()
 
 
-def _flat_metrics(evaluation: dict[str, Any]) -> dict[str, float]:
+def _flat_metrics(evaluation: Evaluation) -> dict[str, float]:
+    """``<model>.<split>.<metric>`` for every defined metric of :data:`TRACKED`."""
     out = {}
-    for model, sets in evaluation["models"].items():
-        for split, metrics in sets.items():
-            for key in ("auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "brier"):
-                value = metrics.get(key)
-                if isinstance(value, int | float) and math.isfinite(value):
+    for model, by_split in evaluation.models.items():
+        for split, metrics in by_split.items():
+            for key in TRACKED:
+                value = getattr(metrics, key)
+                if math.isfinite(value):
                     out[f"{model}.{split}.{key}"] = float(value)
     return out
 
 
 def log_retrain(
     models: dict[str, FittedModel],
-    evaluation: dict[str, Any],
+    evaluation: Evaluation,
     report: dict[str, str],
     settings: Settings,
     store: FeatureStore,
@@ -70,10 +75,10 @@ def log_retrain(
 ) -> dict[str, Any]:
     """One MLflow run: params, lineage, metrics, report, bundle; COMB registered."""
     mlflow, client = _client(settings, store)
-    lineage = evaluation["versions"]
-    with mlflow.start_run(run_name=evaluation["run_id"]) as run:
+    lineage = dict(evaluation.versions)
+    with mlflow.start_run(run_name=evaluation.run_id) as run:
         mlflow.set_tags(
-            {"kind": "retrain", "flow_run": evaluation["run_id"], "code_version": code_version()}
+            {"kind": "retrain", "flow_run": evaluation.run_id, "code_version": code_version()}
         )
         mlflow.log_params(
             {
@@ -85,11 +90,11 @@ def log_retrain(
                 "params_hash": lineage["params_hash"],
                 "cnn_model_version": lineage["cnn_model_version"],
                 "table_versions": json.dumps(lineage["table_versions"]),
-                **{f"threshold.{k}": round(v, 6) for k, v in evaluation["thresholds"].items()},
+                **{f"threshold.{k}": round(v, 6) for k, v in evaluation.thresholds.items()},
             }
         )
         mlflow.log_metrics(_flat_metrics(evaluation))
-        mlflow.log_dict(evaluation["selected_features"], "selected_features.json")
+        mlflow.log_dict(evaluation.selected_features, "selected_features.json")
         mlflow.log_dict(cnn_meta, "cnn/meta.json")
         for uri in report.values():
             if "://" not in uri and os.path.exists(uri):
@@ -145,3 +150,10 @@ def promote(version: str, settings: Settings, store: FeatureStore) -> None:
     _, client = _client(settings, store)
     client.set_registered_model_alias(REGISTERED, CHAMPION, version)
     log.info("%s version %s is now %s", REGISTERED, version, CHAMPION)
+
+
+# -- Prefect wrappers ------------------------------------------------------------------------
+log_retrain_task = task(log_retrain, name="log-retrain", cache_policy=NO_CACHE)
+champion_task = task(champion, name="champion", cache_policy=NO_CACHE)
+load_bundle_task = task(load_bundle, name="load-bundle", cache_policy=NO_CACHE)
+promote_task = task(promote, name="promote", cache_policy=NO_CACHE)

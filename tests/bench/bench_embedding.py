@@ -21,8 +21,9 @@ from tests.bench.common import BIN, ROOT, save, timed
 def finetune_epoch_seconds(store: FeatureStore, size: int, cases: int) -> dict:
     import torch
 
-    from tasks.features.cnn.embed import finetune, start_weights
-    from tasks.models.pipelines import training_cases
+    from tasks.features.cnn.start import start_weights
+    from tasks.features.cnn.train import finetune
+    from tasks.models.features import training_cases
 
     torch.set_num_threads(os.cpu_count() or 1)
     settings = Settings(store=store.root, cnn_size=size, cnn_epochs=2, cnn_patience=5)

@@ -1,9 +1,10 @@
 """One contender of the embedding benchmark, run as its own process (for memory sampling).
 
 ``plain STORE``: a plain torch loop (crops, batches, forward) in one process, one thread.
-``flow STORE``: the ``embed-missing`` Prefect flow on a local Dask cluster (the GPU-resource
-worker embeds, one thread). Both embed every current case with the start weights at the
-same input size and batch size; each prints a JSON line with its timings.
+``flow STORE``: the ``extract-features`` Prefect flow (embeddings only) on a local Dask
+cluster (the GPU-resource worker embeds, one thread). Both embed every current case with
+the start weights at the same input size and batch size; each prints a JSON line with its
+timings.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ def plain(store_root: str) -> dict:
     from tasks.config import Settings
     from tasks.data.ingest import current_cohort
     from tasks.data.store import FeatureStore
-    from tasks.features.cnn.embed import case_crops, current_model, model_for
+    from tasks.features.cnn.checkpoints import model_for
+    from tasks.features.cnn.crops import case_crops
+    from tasks.features.cnn.embed import current_model
 
     torch.set_num_threads(1)
     settings, store = Settings(store=store_root), FeatureStore(store_root)
@@ -40,24 +43,28 @@ def plain(store_root: str) -> dict:
 
 
 def flow(store_root: str) -> dict:
-    from flows.runtime.runners import task_runner
     from flows.runtime.server import ensure_api
     from tasks.config import Settings
     from tasks.data.store import FeatureStore
     from tasks.features.cnn.embed import current_model
 
     ensure_api()
-    from flows.validate import embed_missing
+    from flows.extract import run_extraction
+    from tasks.data.ingest import current_cohort
+    from tasks.data.tables import COHORT
+    from tasks.features.work import plan_work
 
     settings = Settings(store=store_root, n_workers=2)
-    model = current_model(FeatureStore(store_root), settings)
+    store = FeatureStore(store_root)
     started = time.perf_counter()
-    totals = embed_missing.with_options(task_runner=task_runner(settings))(model, settings, "bench")
+    cohort = current_cohort(store.read(COHORT))
+    work = plan_work(cohort, store, settings, radiomics=False, model=current_model(store, settings))
+    totals = run_extraction(work, settings, "bench")
     return {
-        "crops": totals["embeddings"]["rows"],
+        "crops": totals["embeddings"].rows,
         "seconds": time.perf_counter() - started,
-        "workers": totals["embeddings"]["workers"],
-        "task_seconds": totals["embeddings"]["seconds"],
+        "workers": totals["embeddings"].workers,
+        "task_seconds": totals["embeddings"].seconds,
     }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from flows.cohort import run_cohort
+from flows.cohort import cohort as cohort_flow
 from tasks.config import Settings
 from tasks.data.store import FeatureStore
 
@@ -43,7 +43,7 @@ def test_cohort_flow_extracts_once_and_quarantines_bad_cases(tiny_cohort, tmp_pa
     frame.to_csv(tiny_cohort, index=False)
 
     settings = Settings(store=str(tmp_path / "store"), n_workers=2, chunk_size=1)
-    first = run_cohort(str(tiny_cohort), settings)
+    first = cohort_flow(str(tiny_cohort), settings)
     assert first["cases_new"] == 7 and first["cases_failed"] == 1
     store = FeatureStore(settings.store)
     radiomics = store.read("radiomics")
@@ -78,7 +78,7 @@ def test_cohort_flow_extracts_once_and_quarantines_bad_cases(tiny_cohort, tmp_pa
     assert set(embeddings["worker"]) == {"gpu-0"}
     assert first["embedding_workers"] == ["gpu-0"]
 
-    second = run_cohort(str(tiny_cohort), settings)
+    second = cohort_flow(str(tiny_cohort), settings)
     assert second["cases_new"] == 0 and second["cases_embedded"] == 0
     assert len(store.read("radiomics")) == 28
     assert len(store.read("embeddings")) == 16
@@ -87,7 +87,7 @@ def test_cohort_flow_extracts_once_and_quarantines_bad_cases(tiny_cohort, tmp_pa
 @pytest.mark.slow
 def test_cohort_flow_on_s3_store(tiny_cohort, s3_bucket, prefect_api):
     settings = Settings(store=f"{s3_bucket}/store", n_workers=2, chunk_size=4)
-    summary = run_cohort(str(tiny_cohort), settings)
+    summary = cohort_flow(str(tiny_cohort), settings)
     assert summary["cases_new"] == 8
     radiomics = FeatureStore(settings.store).read("radiomics")
     assert len(radiomics) == 8 * 2 * 2  # reader1 + perturbed, two regions
@@ -100,7 +100,7 @@ def test_radiomics_only_mode_skips_the_cnn(tiny_cohort, tmp_path, prefect_api, m
     monkeypatch.setenv("SLN_EMBED", "false")
     monkeypatch.setenv("SLN_PERTURB_REPEATS", "false")
     settings = Settings(store=str(tmp_path / "store"), n_workers=2)
-    summary = run_cohort(str(tiny_cohort), settings)
+    summary = cohort_flow(str(tiny_cohort), settings)
     assert summary["cases_new"] == 8 and summary["cases_embedded"] == 0
     assert summary["model_version"] is None
     store = FeatureStore(settings.store)

@@ -121,11 +121,11 @@ def test_backfill_deployment_is_idempotent_and_force_replaces(services):
     in_window = int(((cohort["exam_date"] >= start) & (cohort["exam_date"] <= end)).sum())
     before = store.read("radiomics")
 
-    again = _result(_run("backfill/on-demand", start=start, end=end))
+    again = _result(_run("backfill/on-demand", exam_from=start, exam_to=end))
     assert again["cases_new"] == 0 and again["cases_skipped"] == in_window
     assert len(store.read("radiomics")) == len(before)
 
-    forced = _result(_run("backfill/on-demand", start=start, end=end, force=True))
+    forced = _result(_run("backfill/on-demand", exam_from=start, exam_to=end, force=True))
     assert forced["cases_new"] == in_window
     after = store.read("radiomics")
     assert len(after) == len(before)

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from flows.cohort import run_cohort
+from flows.cohort import cohort as cohort_flow
 from tasks.config import Settings
 from tasks.data.store import FeatureStore
 
@@ -26,8 +26,8 @@ def trained(tmp_path_factory, prefect_api):
     root = tmp_path_factory.mktemp("e2e")
     manifest = generate_cohort(root / "cohort", n_patients=80, seed=4)
     settings = Settings(store=str(root / "store"), n_workers=2)
-    cohort = run_cohort(str(manifest), settings)
-    summary = retrain(settings.store)
+    cohort = cohort_flow(str(manifest), settings)
+    summary = retrain(settings)
     yield settings, cohort, summary
     for key, value in saved.items():
         if value is None:
@@ -75,7 +75,7 @@ def test_validate_writes_predictions_and_fails_under_the_floor(trained):
 
     settings, _, summary = trained
     store = FeatureStore(settings.store)
-    state = validate(settings.store, auc_floor=0.0, return_state=True)
+    state = validate(settings, auc_floor=0.0, return_state=True)
     assert state.is_completed(), state.message
     result = state.result()
     assert result["champion"] == summary["registered_version"]
@@ -85,7 +85,7 @@ def test_validate_writes_predictions_and_fails_under_the_floor(trained):
     assert set(predictions["predicted_COMB"].unique()) <= {0, 1}
     assert not math.isnan(result["auc_COMB_validation"])
 
-    failed = validate(settings.store, auc_floor=0.999, return_state=True)
+    failed = validate(settings, auc_floor=0.999, return_state=True)
     assert failed.is_failed()
     assert "below the floor" in failed.message
     # The failed run still wrote its predictions (one run more), nothing was lost.

@@ -26,6 +26,7 @@ SCANNERS = {
 
 
 def site_of(device: str) -> str:
+    """Site name of a ``Device`` cell: the scanner's short name, else its sanitised text."""
     for prefix, site in SCANNERS.items():
         if device.startswith(prefix):
             return site

@@ -1,0 +1,203 @@
+"""Modeling input step: the feature matrices the three models are fitted and scored on.
+
+Reads the current ``cohort`` with its ``radiomics`` (current params) and ``embeddings``
+(one CNN model version) rows, pinned to table versions, and builds one matrix per mask
+variant (index ``case_id``): handcrafted columns ``hf:<region>:<feature>`` and deep
+columns ``df:<i>`` (the fused embedding). :class:`FeatureData` holds them with the cases'
+label, split and site, and gives the ICC filter its repeat sets (real delineations first,
+perturbed reader-1 masks as the fallback, see :meth:`FeatureData.pairs`). Writes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.data.ingest import current_cohort
+from tasks.data.schema import GENERATED_VARIANTS, MASK_VARIANTS, PERTURBED
+from tasks.data.store import FeatureStore
+from tasks.data.tables import COHORT, EMBEDDINGS, FEATURE_TABLES, RADIOMICS
+from tasks.features.plan import variant_keys
+from tasks.features.radiomics import META_COLUMNS
+
+# Repeat sets for the ICC filter: (name, reference variant, repeat variant). The sets of a
+# generated repeat variant (a perturbed mask) are a fallback: FeatureData.pairs uses them
+# only when no real delineation set is available.
+REPEAT_SETS = (
+    ("inter", "reader1", "reader2"),
+    ("intra", "reader1", "repeat"),
+    (PERTURBED, "reader1", PERTURBED),
+)
+MIN_REPEATS = 3  # cases a repeat set needs to be used
+_NOT_FEATURES = {*META_COLUMNS, "run_id", "code_version", "extracted_at"}
+
+
+@dataclass
+class FeatureData:
+    """Matrices by mask variant (index case_id), labels and the cases' split and site."""
+
+    X: dict[str, pd.DataFrame]  # mask variant -> matrix
+    cases: pd.DataFrame  # case_id (index), label, split, site, exam_date
+    lineage: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def reader1(self) -> pd.DataFrame:
+        return self.X["reader1"]
+
+    def pairs(
+        self, case_ids: pd.Index | None = None
+    ) -> dict[str, tuple[pd.DataFrame, pd.DataFrame]]:
+        """ICC repeat sets, restricted to ``case_ids`` (the training cases when fitting).
+
+        The real delineation sets (``inter``: reader 2, ``intra``: reader 1's repeat) when
+        any of them has at least three of the cases; only when none has, the ``perturbed``
+        set (reader 1's mask eroded/dilated with contour noise). A second delineation
+        measures how readers really differ, a perturbation only models it, so the two are
+        never mixed and the real one always wins.
+        """
+        real: dict[str, tuple[pd.DataFrame, pd.DataFrame]] = {}
+        generated: dict[str, tuple[pd.DataFrame, pd.DataFrame]] = {}
+        for name, ref, rep in REPEAT_SETS:
+            if ref not in self.X or rep not in self.X:
+                continue
+            common = self.X[ref].index.intersection(self.X[rep].index)
+            if case_ids is not None:
+                common = common.intersection(case_ids)
+            if len(common) >= MIN_REPEATS:
+                out = generated if rep in GENERATED_VARIANTS else real
+                out[name] = (self.X[ref].loc[common], self.X[rep].loc[common])
+        return real or generated
+
+
+def icc_source(pairs: dict[str, Any]) -> str:
+    """What repeat sets ``pairs`` come from: ``"delineations"``, ``"perturbed masks"`` or
+    ``"none"``."""
+    if not pairs:
+        return "none"
+    generated = {name for name, _, rep in REPEAT_SETS if rep in GENERATED_VARIANTS}
+    return "perturbed masks" if set(pairs) <= generated else "delineations"
+
+
+def training_rows(data: FeatureData) -> tuple[pd.DataFrame, pd.Series]:
+    """Reader 1's matrix and the 0/1 labels of the labelled training cases: all a fit sees."""
+    cases = data.cases
+    keep = (cases["split"] == "training") & cases["label"].notna()
+    index = cases.index[keep]
+    return data.reader1.loc[index], cases.loc[index, "label"].astype(int)
+
+
+def _current_keys(cohort: pd.DataFrame) -> pd.DataFrame:
+    """(case_id, mask_variant, image_sha256, mask_sha256) of every mask variant of the
+    current cohort rows, the perturbed ones included where a case gets one (the derived
+    mask id, as :func:`tasks.features.plan.variant_keys` plans them)."""
+    records = cohort.astype(object).where(cohort.notna(), None).to_dict("records")
+    keys = [key for case in records for key in variant_keys(case, perturb=True)]
+    return pd.DataFrame(keys, columns=["case_id", "mask_variant", "image_sha256", "mask_sha256"])
+
+
+def _matching(rows: pd.DataFrame, cohort: pd.DataFrame, variant: str) -> pd.DataFrame:
+    """Rows whose image and mask hashes are the current cohort version's."""
+    current = _current_keys(cohort)
+    current = current[current["mask_variant"] == variant]
+    rows = rows[rows["mask_variant"] == variant]
+    return rows.merge(
+        current, on=["case_id", "mask_variant", "image_sha256", "mask_sha256"], how="inner"
+    )
+
+
+def radiomics_matrix(radiomics: pd.DataFrame, cohort: pd.DataFrame, variant: str) -> pd.DataFrame:
+    """One mask variant's handcrafted features, a row per case, ``hf:<region>:<feature>``."""
+    rows = _matching(radiomics, cohort, variant)
+    if rows.empty:
+        return pd.DataFrame()
+    features = [c for c in rows.columns if c not in _NOT_FEATURES and rows[c].dtype.kind == "f"]
+    rows = rows.sort_values("extracted_at").drop_duplicates(["case_id", "region"], keep="last")
+    wide = rows.pivot(index="case_id", columns="region", values=features)
+    wide.columns = [f"hf:{region}:{feature}" for feature, region in wide.columns]
+    return wide.sort_index(axis=1).astype("float64")
+
+
+def embedding_matrix(embeddings: pd.DataFrame, cohort: pd.DataFrame, variant: str) -> pd.DataFrame:
+    """One mask variant's fused CNN embeddings, a row per case, ``df:<i>``."""
+    rows = _matching(embeddings, cohort, variant)
+    if rows.empty:
+        return pd.DataFrame()
+    rows = rows.sort_values("embedded_at").drop_duplicates("case_id", keep="last")
+    vectors = np.stack([np.asarray(v, dtype=np.float64) for v in rows["fused"]])
+    return pd.DataFrame(
+        vectors,
+        index=pd.Index(rows["case_id"], name="case_id"),
+        columns=[f"df:{i}" for i in range(vectors.shape[1])],
+    )
+
+
+def load_features(
+    store: FeatureStore,
+    params_hash: str,
+    model_version: str,
+    versions: dict[str, int | None] | None = None,
+) -> FeatureData:
+    """Matrices for every current case that has both feature families, pinned to table
+    ``versions`` (default: the latest) so a model records exactly what it read."""
+    versions = versions or store.versions(FEATURE_TABLES)
+    cohort = current_cohort(store.read(COHORT, version=versions["cohort"]))
+    radiomics = store.read(RADIOMICS, version=versions["radiomics"])
+    radiomics = radiomics[radiomics["params_hash"] == params_hash]
+    embeddings = store.read(EMBEDDINGS, version=versions["embeddings"])
+    embeddings = embeddings[embeddings["model_version"] == model_version]
+    X: dict[str, pd.DataFrame] = {}
+    for variant in (*MASK_VARIANTS, *GENERATED_VARIANTS):
+        hf = radiomics_matrix(radiomics, cohort, variant)
+        df = embedding_matrix(embeddings, cohort, variant)
+        if hf.empty or df.empty:
+            continue
+        X[variant] = hf.join(df, how="inner")
+    if "reader1" not in X:
+        raise ValueError(
+            f"no case has both radiomics (params {params_hash[:12]}) and embeddings "
+            f"({model_version}) in {store.root}: run the cohort flow first"
+        )
+    cases = cohort.set_index("case_id").loc[
+        X["reader1"].index, ["label", "split", "site", "exam_date"]
+    ]
+    lineage = {
+        "table_versions": versions,
+        "params_hash": params_hash,
+        "cnn_model_version": model_version,
+        "cases_with_features": int(len(cases)),
+        "cases_in_cohort": int(len(cohort)),
+    }
+    data = FeatureData(X=X, cases=cases, lineage=lineage)
+    # The repeats the ICC filter will use, as fit_models picks them (labelled training rows).
+    data.lineage["icc_source"] = icc_source(data.pairs(training_rows(data)[0].index))
+    return data
+
+
+def training_cases(store: FeatureStore, cohort_version: int | None = None) -> list[dict]:
+    """Current labelled training cases, as plain dicts (for the CNN fine-tune)."""
+    cohort = current_cohort(store.read(COHORT, version=cohort_version))
+    rows = cohort[(cohort["split"] == "training") & cohort["label"].notna()]
+    return rows.astype(object).where(rows.notna(), None).to_dict("records")
+
+
+# -- Prefect wrappers ------------------------------------------------------------------------
+@task(name="load-features", cache_policy=NO_CACHE)
+def load_features_task(
+    store: FeatureStore,
+    params_hash: str,
+    model_version: str,
+    versions: dict[str, int | None] | None = None,
+) -> FeatureData:
+    """:func:`load_features` as a task run of its own in the flow's graph."""
+    return load_features(store, params_hash, model_version, versions)
+
+
+@task(name="training-cases", cache_policy=NO_CACHE)
+def training_cases_task(store: FeatureStore, cohort_version: int | None = None) -> list[dict]:
+    """:func:`training_cases` as a task run of its own in the flow's graph."""
+    return training_cases(store, cohort_version)

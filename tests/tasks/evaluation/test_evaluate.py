@@ -1,0 +1,281 @@
+"""The evaluation step on real small data (``sample.py``): every number cross-checked
+against the metrics computed directly, the ICC notes, drift, the AUC floor, the promotion
+decision, the predictions rows and the cohort counts from a real Delta store."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+import pytest
+from deltalake import write_deltalake
+from sklearn.metrics import roc_curve
+
+from tasks.config import Settings
+from tasks.data.store import FeatureStore
+from tasks.evaluation import evaluate as step
+from tasks.evaluation.evaluate import (
+    check_floor,
+    cohort_flow_counts,
+    compare_with_champion,
+    evaluate,
+    prediction_rows,
+    promotion_decision,
+)
+from tasks.evaluation.metrics import delong_test, model_set_metrics
+from tasks.evaluation.results import CohortFlow, Evaluation, ModelSetMetrics, Promotion
+from tasks.models.features import FeatureData
+from tests.tasks.evaluation import sample
+
+SPLITS = ("training", "validation", "testing")
+
+
+def _rows(data: FeatureData, split: str) -> pd.DataFrame:
+    cases = data.cases
+    return cases[(cases["split"] == split) & cases["label"].notna()]
+
+
+def _scores(data, model, rows) -> tuple[np.ndarray, np.ndarray]:
+    y = rows["label"].astype(int).to_numpy()
+    return y, model.predict_proba(data.reader1.loc[rows.index])
+
+
+def _evaluate(data, models, **kwargs) -> Evaluation:
+    flow = CohortFlow(**sample.COHORT_FLOW)
+    return evaluate(models, data, "run-1", "retrain", flow, **kwargs)
+
+
+# ---------------------------------------------------------------------------------------
+# evaluate
+# ---------------------------------------------------------------------------------------
+def test_every_set_and_site_metric_is_the_metrics_of_its_rows(
+    sample_evaluation, feature_data, fitted
+):
+    ev = sample_evaluation
+    assert list(ev.models) == ["ONLY_HF", "ONLY_DF", "COMB"]
+    for name, model in fitted.items():
+        assert list(ev.models[name]) == list(SPLITS)
+        for split in SPLITS:
+            y, prob = _scores(feature_data, model, _rows(feature_data, split))
+            expected = model_set_metrics(y, prob, model.threshold)
+            got = ev.models[name][split]
+            assert isinstance(got, ModelSetMetrics)
+            assert got.n == len(y) and got.auc == expected["auc"]
+            assert got.auc_ci == tuple(expected["auc_ci"])
+            assert got.sensitivity == expected["sensitivity"] and got.brier == expected["brier"]
+            fpr, tpr, _ = roc_curve(y, prob)
+            assert ev.roc[name][split].fpr == tuple(fpr) and ev.roc[name][split].n_pos == y.sum()
+            assert sum(b.count for b in ev.calibration[name][split].curve) == len(y)
+            assert len(ev.decision_curves[name][split]) == 98
+        assert sorted(ev.per_site[name]) == ["A", "B", "C", "D"]
+        assert sum(m.n for m in ev.per_site[name].values()) == sample.COHORT_FLOW["labelled"]
+    assert ev.thresholds == {name: m.threshold for name, m in fitted.items()}
+    assert ev.selected_features["COMB"] == fitted["COMB"].selected_features()
+    assert len(ev.selected_features["COMB"]) == 3
+
+
+def test_delong_compares_comb_with_each_single_family_model(
+    sample_evaluation, feature_data, fitted
+):
+    rows = _rows(feature_data, "validation")
+    y, comb = _scores(feature_data, fitted["COMB"], rows)
+    _, hf = _scores(feature_data, fitted["ONLY_HF"], rows)
+    for split in SPLITS:
+        assert list(sample_evaluation.delong[split]) == ["COMB_vs_ONLY_HF", "COMB_vs_ONLY_DF"]
+    test = sample_evaluation.delong["validation"]["COMB_vs_ONLY_HF"]
+    expected = delong_test(y, comb, hf)
+    assert (test.auc_a, test.auc_b, test.p) == (expected["auc_a"], expected["auc_b"], expected["p"])
+    # Without ONLY_HF there is nothing to compare COMB with on that side.
+    two = {k: fitted[k] for k in ("ONLY_DF", "COMB")}
+    assert list(_evaluate(feature_data, two).delong["validation"]) == ["COMB_vs_ONLY_DF"]
+
+
+def test_single_class_set_has_metrics_but_no_curves_or_tests(feature_data, fitted):
+    cases = feature_data.cases.copy()
+    cases.loc[(cases["split"] == "testing") & cases["label"].notna(), "label"] = 0.0
+    ev = _evaluate(replace(feature_data, cases=cases), fitted)
+    comb = ev.models["COMB"]["testing"]
+    assert comb.n_pos == 0 and math.isnan(comb.auc) and comb.specificity > 0
+    assert not ev.roc["COMB"]["testing"].defined and ev.roc["COMB"]["testing"].n == comb.n
+    assert "testing" not in ev.calibration["COMB"]
+    assert "testing" not in ev.decision_curves["COMB"]
+    assert list(ev.delong) == ["training", "validation"]
+
+
+def test_lineage_versions_and_creation_time(feature_data, fitted):
+    ev = _evaluate(feature_data, fitted, versions={"cnn": "cnn-x"})
+    assert ev.versions == {**sample.LINEAGE, "cnn": "cnn-x"}
+    assert ev.kind == "retrain" and ev.run_id == "run-1" and ev.checks is None
+    created = datetime.fromisoformat(ev.created_at)
+    assert created.utcoffset().total_seconds() == 0
+
+
+def test_icc_notes(feature_data, fitted, sample_evaluation):
+    assert sample_evaluation.notes == (
+        "ICC filter on repeat delineations (inter 30 training cases)",
+    )
+    off = {k: replace(m, icc_applied=False) for k, m in fitted.items()}
+    (note,) = _evaluate(feature_data, off).notes
+    assert note.startswith("ICC filter NOT applied")
+    training = feature_data.cases.index[feature_data.cases["split"] == "training"][:12]
+    reader1 = feature_data.reader1
+    perturbed = replace(
+        feature_data, X={"reader1": reader1, "perturbed": reader1.loc[training] * 1.01}
+    )
+    (note,) = _evaluate(perturbed, fitted).notes
+    assert note.startswith("ICC filter on perturbed masks") and "of 12 training cases" in note
+
+
+def test_drift_per_site_against_training(sample_evaluation):
+    drift = sample_evaluation.drift
+    assert list(drift) == ["A", "B", "C"]  # site D has fewer than 10 cases
+    shifted = drift["C"]  # the validation site, one feature shifted by 1.5 SD
+    assert shifted.n == 60 and shifted.top[0].feature == "hf:intratumoral:feature_4"
+    assert shifted.top[0].psi == shifted.psi_max > 0.25 and shifted.features_over_0_25 >= 1
+    assert drift["A"].psi_max < 0.25 and drift["A"].features_over_0_25 == 0
+    assert [t.psi for t in shifted.top] == sorted((t.psi for t in shifted.top), reverse=True)
+    assert len(shifted.top) == 5
+
+
+# ---------------------------------------------------------------------------------------
+# AUC floor
+# ---------------------------------------------------------------------------------------
+def test_check_floor(sample_evaluation):
+    auc = sample_evaluation.models["COMB"]["validation"].auc
+    ok = check_floor(sample_evaluation, 0.65)
+    assert ok.passed and ok.failed == () and ok.split == "validation" and ok.auc == auc
+    low = check_floor(sample_evaluation, 0.9)
+    assert not low.passed
+    assert low.failed == (f"COMB AUC on validation {auc:.3f} is below the floor 0.900",)
+    models = {"COMB": {k: v for k, v in sample_evaluation.models["COMB"].items()}}
+    del models["COMB"]["validation"]
+    fallback = check_floor(replace(sample_evaluation, models=models), 0.65)
+    assert fallback.split == "testing" and fallback.auc == models["COMB"]["testing"].auc
+    models["COMB"]["testing"] = replace(models["COMB"]["testing"], auc=math.nan)
+    undefined = check_floor(replace(sample_evaluation, models=models), 0.65)
+    assert not undefined.passed and "undefined" in undefined.failed[0]
+
+
+# ---------------------------------------------------------------------------------------
+# Promotion
+# ---------------------------------------------------------------------------------------
+def test_promote_when_the_candidate_is_not_worse(feature_data, fitted):
+    comb, only_df = fitted["COMB"], fitted["ONLY_DF"]
+    same = promotion_decision(comb, feature_data, comb, feature_data, "4", 0.05)
+    assert same.promote and same.delong.diff == 0.0 and same.delong.p == 1.0
+    assert same.reason.startswith("promoted: validation AUC candidate")
+    assert "champion v4" in same.reason and "n=60" in same.reason
+    better = promotion_decision(comb, feature_data, only_df, feature_data, "4", 0.05)
+    assert better.promote and better.delong.diff > 0
+    # Lower on testing, but not significantly: the candidate is not shown worse.
+    lower = promotion_decision(only_df, feature_data, comb, feature_data, "4", 0.05, "testing")
+    assert lower.promote and lower.delong.diff < 0 and lower.delong.p / 2 >= 0.05
+
+
+def test_refuse_when_delong_shows_the_candidate_worse(feature_data, fitted):
+    comb, only_df = fitted["COMB"], fitted["ONLY_DF"]
+    worse = promotion_decision(only_df, feature_data, comb, feature_data, "4", 0.05)
+    assert not worse.promote and worse.reason.startswith("kept champion")
+    one_sided = worse.delong.p / 2
+    assert worse.delong.diff < 0 and one_sided < 0.05
+    assert f"p={one_sided:.3f}" in worse.reason
+    # The same evidence at a stricter level is not enough to refuse.
+    strict = promotion_decision(only_df, feature_data, comb, feature_data, "4", one_sided / 2)
+    assert strict.promote and strict.delong == worse.delong
+
+
+def test_promote_without_a_test_when_too_few_shared_cases(feature_data, fitted):
+    val = _rows(feature_data, "validation").index[:8]
+    theirs = replace(feature_data, X={"reader1": feature_data.reader1.loc[val]})
+    decision = promotion_decision(fitted["ONLY_DF"], feature_data, fitted["COMB"], theirs, "4", 0.5)
+    assert decision == Promotion(True, "too few shared validation cases (8) to compare")
+
+
+def test_compare_with_champion_without_champion_promotes(feature_data, fitted, tmp_path):
+    settings = Settings(store=str(tmp_path))
+    decision = compare_with_champion(
+        fitted["COMB"], feature_data, None, settings, FeatureStore(settings.store)
+    )
+    assert decision == Promotion(True, "no champion yet", None)
+
+
+# ---------------------------------------------------------------------------------------
+# Predictions rows and cohort counts
+# ---------------------------------------------------------------------------------------
+def test_prediction_rows(feature_data, fitted):
+    rows = prediction_rows(fitted, feature_data, "run-1", "4")
+    assert len(rows) == len(feature_data.cases)  # unlabelled cases are scored too
+    assert rows["label"].dtype == "Int8" and rows["label"].isna().sum() == sample.UNLABELLED
+    comb = fitted["COMB"]
+    assert (rows["predicted_COMB"] == (rows["prob_COMB"] >= comb.threshold)).all()
+    assert (rows["threshold_COMB"] == comb.threshold).all()
+    assert rows["prob_ONLY_HF"].between(0, 1).all()
+    assert set(rows["registry_version"]) == {"4"} and set(rows["run_id"]) == {"run-1"}
+    assert set(rows["params_hash"]) == {sample.LINEAGE["params_hash"]}
+    assert set(rows["cnn_model_version"]) == {sample.LINEAGE["cnn_model_version"]}
+    assert str(rows["scored_at"].dt.tz) == "UTC"
+
+
+def test_cohort_flow_counts_from_the_store(tmp_path):
+    store = FeatureStore(str(tmp_path / "store"))
+    cohort = pd.DataFrame(
+        {
+            "case_id": ["a", "b", "c", "d", "d"],
+            "case_version": ["1", "1", "1", "1", "2"],
+            "ingested_at": pd.to_datetime(["2024-01-01"] * 4 + ["2024-02-01"], utc=True),
+            "split": ["training", "training", "validation", "testing", "training"],
+            "site": ["A", "A", "B", "B", "B"],
+            "label": pd.array([1, 0, None, 1, 0], dtype="Int8"),
+        }
+    )
+    write_deltalake(store.uri("cohort"), cohort)
+    counts = cohort_flow_counts(store)
+    # Case d counts once, in its latest version; no quarantine table yet.
+    assert counts == CohortFlow(
+        cases_in=4,
+        quarantined=0,
+        per_split={"training": 3, "validation": 1},
+        per_site={"A": 2, "B": 2},
+        labelled=3,
+        unlabelled=1,
+    )
+    write_deltalake(store.uri("quarantine"), pd.DataFrame({"case_id": ["x", "x", "y"]}))
+    assert cohort_flow_counts(store).quarantined == 2
+
+
+@pytest.mark.parametrize(
+    "wrapper, fn, name",
+    [
+        (step.evaluate_task, evaluate, "evaluate"),
+        (step.check_floor_task, check_floor, "check-floor"),
+        (step.compare_with_champion_task, compare_with_champion, "compare-with-champion"),
+        (step.prediction_rows_task, prediction_rows, "prediction-rows"),
+        (step.cohort_flow_counts_task, cohort_flow_counts, "cohort-flow-counts"),
+    ],
+)
+def test_prefect_tasks_wrap_the_steps(wrapper, fn, name):
+    assert wrapper.fn is fn and wrapper.name == name
+
+
+@pytest.mark.slow
+def test_tasks_pass_the_typed_evaluation_in_a_flow(prefect_api, feature_data, fitted, tmp_path):
+    from prefect import flow
+
+    from tasks.evaluation.report import write_report_task
+
+    @flow(name="evaluate-and-report")
+    def run() -> tuple[Evaluation, dict[str, str]]:
+        flow_counts = CohortFlow(**sample.COHORT_FLOW)
+        evaluation = step.evaluate_task(fitted, feature_data, "r1", "validate", flow_counts)
+        evaluation = evaluation.with_checks(step.check_floor_task(evaluation, 0.99))
+        return evaluation, write_report_task(evaluation, str(tmp_path / "r1"))
+
+    evaluation, report = run()
+    assert isinstance(evaluation, Evaluation) and not evaluation.checks.passed
+    assert report["json"] == str(tmp_path / "r1" / "report.json")
+    written = json.loads((tmp_path / "r1" / "report.json").read_text())
+    assert written["checks"]["failed"] == list(evaluation.checks.failed)

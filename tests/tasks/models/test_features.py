@@ -1,0 +1,159 @@
+"""The models' input: feature matrices from the store, and the ICC repeat sets they give."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from prefect.cache_policies import NO_CACHE
+
+from tasks.data.schema import perturbed_mask_sha
+from tasks.data.store import FeatureStore
+from tasks.data.tables import COHORT, EMBEDDINGS, RADIOMICS
+from tasks.models.features import (
+    icc_source,
+    load_features,
+    load_features_task,
+    training_cases,
+    training_cases_task,
+)
+from tests.tasks.models.helpers import feature_data, with_perturbed
+
+
+# -- ICC repeats: real delineations first, perturbed masks as the fallback ----------------------
+def test_pairs_prefer_real_repeats_and_fall_back_to_perturbed_masks():
+    data = with_perturbed(feature_data())
+    training = data.cases.index[data.cases["split"] == "training"]
+    pairs = data.pairs(training)
+    assert set(pairs) == {"inter", "intra"} and icc_source(pairs) == "delineations"
+    assert len(pairs["inter"][0]) == 20  # every third of the 60 training cases
+
+    # Too few real repeats among these cases (fewer than 3): the perturbed set, alone.
+    few = training[:5]  # real repeats: C000, C003; perturbed masks: C001, C002, C004
+    pairs = data.pairs(few)
+    assert set(pairs) == {"perturbed"} and icc_source(pairs) == "perturbed masks"
+    ref, rep = pairs["perturbed"]
+    assert list(ref.index) == list(rep.index) == ["C001", "C002", "C004"]
+    assert np.array_equal(ref.to_numpy(), data.X["reader1"].loc[ref.index].to_numpy())
+
+    only = with_perturbed(feature_data(), real=False)
+    pairs = only.pairs(training)
+    assert set(pairs) == {"perturbed"} and len(pairs["perturbed"][0]) == 60
+
+    none = feature_data()
+    del none.X["reader2"], none.X["repeat"]
+    assert none.pairs(training) == {} and icc_source({}) == "none"
+
+
+# -- from the store -----------------------------------------------------------------------------
+def _store_with_features(tmp_path, repeats: bool) -> tuple[FeatureStore, pd.DataFrame]:
+    """A store with 6 training cases: reader 1 for all, and either a repeat delineation for
+    three of them or perturbed-mask rows for all."""
+    ids = [f"C{i}" for i in range(6)]
+    cohort = pd.DataFrame(
+        {
+            "case_id": ids,
+            "case_version": "v1",
+            "patient_key": ids,
+            "site": "A",
+            "label": [0, 1] * 3,
+            "split": "training",
+            "bmus_image": [f"/d/{c}.png" for c in ids],
+            "bmus_image_sha256": [f"img-{c}" for c in ids],
+            "bmus_mask": [f"/d/{c}_m.png" for c in ids],
+            "bmus_mask_sha256": [f"m1-{c}" for c in ids],
+            "bmus_mask_repeat": [
+                f"/d/{c}_rep.png" if repeats and i < 3 else None for i, c in enumerate(ids)
+            ],
+            "bmus_mask_repeat_sha256": [
+                f"rep-{c}" if repeats and i < 3 else None for i, c in enumerate(ids)
+            ],
+            "ingested_at": pd.Timestamp("2024-01-01", tz="UTC"),
+        }
+    )
+    cohort = COHORT.typed(cohort)
+    rng = np.random.default_rng(0)
+    radiomics, embeddings = [], []
+    for case in cohort.to_dict("records"):
+        variants = [("reader1", case["bmus_mask_sha256"])]
+        if isinstance(case["bmus_mask_repeat_sha256"], str):
+            variants.append(("repeat", case["bmus_mask_repeat_sha256"]))
+        elif not repeats:
+            variants.append(("perturbed", perturbed_mask_sha(case["bmus_mask_sha256"])))
+        # A stale perturbed row under an old id (an earlier perturbation version): ignored.
+        variants.append(("perturbed", "old-perturbation-id"))
+        for variant, sha in variants:
+            lineage = {
+                "case_id": case["case_id"],
+                "mask_variant": variant,
+                "image_sha256": case["bmus_image_sha256"],
+                "mask_sha256": sha,
+            }
+            for region in ("intratumoral", "peritumoral"):
+                radiomics.append(
+                    lineage
+                    | {
+                        "region": region,
+                        "params_hash": "p",
+                        "f1": rng.normal(),
+                        "f2": rng.normal(),
+                        "extracted_at": pd.Timestamp.now(tz="UTC"),
+                    }
+                )
+            embeddings.append(
+                lineage
+                | {
+                    "model_version": "m",
+                    "fused": rng.normal(size=4).tolist(),
+                    "embedded_at": pd.Timestamp.now(tz="UTC"),
+                }
+            )
+    store = FeatureStore(str(tmp_path / "store"))
+    store.insert_new(COHORT, cohort)
+    store.insert_new(RADIOMICS, pd.DataFrame(radiomics))
+    store.insert_new(EMBEDDINGS, pd.DataFrame(embeddings))
+    return store, cohort
+
+
+@pytest.mark.parametrize("repeats", [True, False])
+def test_load_features_builds_the_perturbed_matrix_and_records_the_icc_source(tmp_path, repeats):
+    store, _ = _store_with_features(tmp_path, repeats)
+    data = load_features(store, "p", "m")
+    assert list(data.reader1.index) == [f"C{i}" for i in range(6)]
+    assert list(data.reader1.columns) == [
+        "hf:intratumoral:f1",
+        "hf:intratumoral:f2",
+        "hf:peritumoral:f1",
+        "hf:peritumoral:f2",
+        "df:0",
+        "df:1",
+        "df:2",
+        "df:3",
+    ]
+    if repeats:
+        assert set(data.X) == {"reader1", "repeat"}
+        assert list(data.X["repeat"].index) == ["C0", "C1", "C2"]
+        assert data.lineage["icc_source"] == "delineations"
+    else:
+        assert set(data.X) == {"reader1", "perturbed"}
+        assert len(data.X["perturbed"]) == 6  # the stale ids matched nothing
+        assert data.lineage["icc_source"] == "perturbed masks"
+        assert set(data.pairs()) == {"perturbed"}
+
+
+def test_training_cases_are_the_current_labelled_training_rows(tmp_path):
+    store, cohort = _store_with_features(tmp_path, repeats=True)
+    cases = training_cases(store)
+    assert [case["case_id"] for case in cases] == list(cohort["case_id"])
+    assert all(case["split"] == "training" and case["label"] in (0, 1) for case in cases)
+    assert training_cases(store, cohort_version=0) == cases
+
+
+def test_task_wrappers_call_the_steps(tmp_path):
+    store, _ = _store_with_features(tmp_path, repeats=True)
+    wrappers = {"load-features": load_features_task, "training-cases": training_cases_task}
+    for name, wrapper in wrappers.items():
+        assert wrapper.name == name and wrapper.cache_policy is NO_CACHE
+    data = load_features_task.fn(store, "p", "m")
+    pd.testing.assert_frame_equal(data.reader1, load_features(store, "p", "m").reader1)
+    assert training_cases_task.fn(store) == training_cases(store)

@@ -1,0 +1,160 @@
+"""MLflow tracking and the model registry on a temporary store (SQLite under the store):
+a retrain run's params, metrics, artifacts and bundle, the registered ``sln-comb``
+versions, the ``champion`` alias, and the promotion decision against the champion."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tasks.config import Settings
+from tasks.data.store import FeatureStore
+from tasks.evaluation import evaluate as step
+from tasks.evaluation.report import write_report
+from tasks.models import registry
+from tasks.models.registry import (
+    REGISTERED,
+    TRACKED,
+    _flat_metrics,
+    champion,
+    load_bundle,
+    log_retrain,
+    promote,
+)
+from tests.tasks.evaluation import sample
+
+CNN = {"version": sample.LINEAGE["cnn_model_version"], "uri": "s3://b/cnn/model.pth", "epochs": 2}
+
+
+@pytest.fixture(scope="module")
+def tracked(tmp_path_factory):
+    """One retrain run logged (not promoted) on a fresh store."""
+    root = tmp_path_factory.mktemp("registry")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.delenv("MLFLOW_TRACKING_URI", raising=False)
+        settings = Settings(store=str(root / "store"))
+        store = FeatureStore(settings.store)
+        data = sample.feature_data()
+        models = sample.fit_models(data)
+        evaluation = sample.evaluation(data, models, "retrain")
+        report = write_report(evaluation, str(root / "reports" / evaluation.run_id))
+        logged = log_retrain(models, evaluation, report, settings, store, CNN)
+        yield settings, store, data, models, evaluation, report, logged
+
+
+def test_log_retrain_logs_params_metrics_artifacts_and_registers_comb(tracked):
+    import mlflow
+
+    settings, store, data, models, evaluation, report, logged = tracked
+    assert logged["registered_version"] == "1"
+    assert logged["model_uri"].startswith("models:/")
+    # SQLite tracking under the store, artifacts in it.
+    assert registry.tracking_uri(settings, store) == f"sqlite:///{store.root}/mlflow/mlflow.db"
+    client = mlflow.MlflowClient()
+    run = client.get_run(logged["mlflow_run_id"])
+    params = run.data.params
+    assert params["params_hash"] == sample.LINEAGE["params_hash"]
+    assert params["cnn_model_version"] == sample.LINEAGE["cnn_model_version"]
+    assert json.loads(params["table_versions"]) == sample.LINEAGE["table_versions"]
+    assert params["icc_threshold"] == str(settings.icc_threshold)
+    assert params["lasso_rule"] == settings.lasso_rule
+    assert params["threshold.COMB"] == str(round(models["COMB"].threshold, 6))
+    metrics = run.data.metrics
+    assert metrics == pytest.approx(_flat_metrics(evaluation))
+    assert len(metrics) == 3 * 3 * len(TRACKED)
+    assert metrics["COMB.validation.auc"] == pytest.approx(
+        evaluation.models["COMB"]["validation"].auc
+    )
+    assert run.data.tags["kind"] == "retrain"
+    assert run.data.tags["flow_run"] == evaluation.run_id
+    assert run.info.run_name == evaluation.run_id
+    artifacts = Path(run.info.artifact_uri.removeprefix("file://"))
+    selected = json.loads((artifacts / "selected_features.json").read_text())
+    assert selected == evaluation.selected_features
+    assert json.loads((artifacts / "cnn" / "meta.json").read_text()) == CNN
+    assert (artifacts / "report" / "report.json").read_bytes() == Path(report["json"]).read_bytes()
+    assert (artifacts / "report" / "report.html").is_file()
+    assert json.loads((artifacts / "report" / "links.json").read_text()) == {"report": report}
+    version = client.get_model_version(REGISTERED, "1")
+    assert version.run_id == logged["mlflow_run_id"]
+    assert version.tags["cnn_model_version"] == CNN["version"]
+    # The registered COMB is the fitted pipeline.
+    loaded = mlflow.sklearn.load_model(logged["model_uri"])
+    X = data.reader1.iloc[:20]
+    np.testing.assert_array_equal(loaded.predict_proba(X), models["COMB"].pipeline.predict_proba(X))
+
+
+def test_flat_metrics_skips_undefined_values(tracked):
+    evaluation = tracked[4]
+    models = {m: dict(by_split) for m, by_split in evaluation.models.items()}
+    models["COMB"]["testing"] = replace(models["COMB"]["testing"], auc=math.nan, ppv=math.inf)
+    flat = _flat_metrics(replace(evaluation, models=models))
+    assert "COMB.testing.auc" not in flat and "COMB.testing.ppv" not in flat
+    assert flat["COMB.testing.npv"] == models["COMB"]["testing"].npv
+    assert len(flat) == 3 * 3 * len(TRACKED) - 2
+
+
+def test_promote_moves_the_champion_alias_and_the_bundle_reads_back(tracked):
+    settings, store, data, models, evaluation, report, logged = tracked
+    assert champion(settings, store) is None  # logged, not promoted yet
+    promote(logged["registered_version"], settings, store)
+    assert champion(settings, store) == {
+        "version": logged["registered_version"],
+        "mlflow_run_id": logged["mlflow_run_id"],
+    }
+    bundle = load_bundle(logged["mlflow_run_id"], settings, store)
+    assert set(bundle) == {"models", "lineage", "cnn"}
+    assert bundle["lineage"] == {**sample.LINEAGE, "cnn": CNN["version"]}
+    assert bundle["cnn"] == CNN
+    assert list(bundle["models"]) == list(models)
+    X = data.reader1
+    for name, model in models.items():
+        restored = bundle["models"][name]
+        np.testing.assert_array_equal(restored.predict_proba(X), model.predict_proba(X))
+        assert restored.threshold == model.threshold
+
+    # A second retrain registers version 2; the champion moves only when promoted.
+    second = log_retrain(models, evaluation, report, settings, store, CNN)
+    assert second["registered_version"] == "2"
+    assert champion(settings, store)["version"] == logged["registered_version"]
+    promote(second["registered_version"], settings, store)
+    assert champion(settings, store) == {"version": "2", "mlflow_run_id": second["mlflow_run_id"]}
+    promote(logged["registered_version"], settings, store)  # back, for the next test
+    assert champion(settings, store)["version"] == "1"
+
+
+def test_compare_with_champion_reads_the_champion_bundle(tracked, monkeypatch):
+    settings, store, data, models, evaluation, report, logged = tracked
+    promote(logged["registered_version"], settings, store)
+    current = champion(settings, store)
+    read = []
+
+    def load_features(store_, params_hash, cnn_model_version):
+        read.append((store_, params_hash, cnn_model_version))
+        return data  # the features the champion was trained with
+
+    monkeypatch.setattr(step, "load_features", load_features)
+    worse = step.compare_with_champion(models["ONLY_DF"], data, current, settings, store)
+    assert read == [(store, sample.LINEAGE["params_hash"], CNN["version"])]
+    assert not worse.promote and "champion v1" in worse.reason
+    assert worse.delong.auc_b == evaluation.models["COMB"]["validation"].auc
+    same = step.compare_with_champion(models["COMB"], data, current, settings, store)
+    assert same.promote and same.delong.diff == 0.0
+
+
+@pytest.mark.parametrize(
+    "wrapper, fn, name",
+    [
+        (registry.log_retrain_task, log_retrain, "log-retrain"),
+        (registry.champion_task, champion, "champion"),
+        (registry.load_bundle_task, load_bundle, "load-bundle"),
+        (registry.promote_task, promote, "promote"),
+    ],
+)
+def test_prefect_tasks_wrap_the_registry_steps(wrapper, fn, name):
+    assert wrapper.fn is fn and wrapper.name == name
