@@ -1,5 +1,7 @@
 """The retrain flow: fine-tune the CNN, embed, fit the three models, evaluate, register,
 and promote to ``champion`` unless DeLong shows the candidate worse on external validation.
+
+Every step is a Prefect task, so the run's graph in the UI shows where the time goes.
 """
 
 from __future__ import annotations
@@ -15,34 +17,36 @@ from tasks.data.ingest import current_cohort, with_perturbation
 from tasks.data.store import FeatureStore
 from tasks.data.tables import COHORT, FEATURE_TABLES
 from tasks.evaluation.artifacts import publish_evaluation, publish_run_summary
-from tasks.evaluation.evaluate import cohort_flow_counts, compare_with_champion, evaluate
-from tasks.evaluation.report import write_report
-from tasks.features.cnn.embed import set_current_model
-from tasks.features.cnn.start import start_weights
+from tasks.evaluation.evaluate import (
+    cohort_flow_counts_task,
+    compare_with_champion_task,
+    evaluate_task,
+)
+from tasks.evaluation.report import write_report_task
+from tasks.features.cnn.embed import set_current_model_task
+from tasks.features.cnn.start import start_weights_task
 from tasks.features.cnn.train import finetune_task
 from tasks.features.radiomics import current_params_hash
 from tasks.features.work import plan_work_task
-from tasks.models.features import load_features, training_cases
-from tasks.models.pipelines import fit_models
-from tasks.models.registry import champion, log_retrain, promote
+from tasks.models.features import load_features_task, training_cases_task
+from tasks.models.pipelines import fit_models_task
+from tasks.models.registry import champion_task, log_retrain_task, promote_task
 
 
 @flow(name="train-and-embed", log_prints=True)
 def train_and_embed(settings: Settings, run_id: str, table_versions: dict) -> dict:
     """Fine-tune on a GPU-resource worker, then embed every case with the new model."""
     store = FeatureStore(settings.store)
-    cases = training_cases(store, table_versions["cohort"])
+    cases = training_cases_task(store, table_versions["cohort"])
     get_run_logger().info(
         "%d labelled training cases (cohort v%s)", len(cases), table_versions["cohort"]
     )
+    start = start_weights_task(settings, store)
     with dask.annotate(resources={"GPU": 1}):
-        meta = finetune_task.submit(
-            cases, settings, start_weights(settings, store), table_versions
-        ).result()
+        meta = finetune_task.submit(cases, settings, start, table_versions).result()
     cohort = current_cohort(store.read(COHORT))
-    work = plan_work_task(
-        cohort, store, with_perturbation(cohort, settings), radiomics=False, model=meta["uri"]
-    )
+    settings = with_perturbation(cohort, settings)
+    work = plan_work_task(cohort, store, settings, radiomics=False, model=meta["uri"])
     totals = commit_as_completed(
         submit_embeddings(embedding_chunks(work, settings), work.embeddings, settings),
         store,
@@ -68,19 +72,20 @@ def retrain(settings: Settings | None = None, promote_champion: bool = True) -> 
         settings, run_id, versions
     )
     cnn = trained["cnn"]
-    data = load_features(store, current_params_hash(settings), cnn["version"])
-    models = fit_models(data, settings)
-    evaluation = evaluate(
-        models, data, run_id, "retrain", cohort_flow_counts(store), {"cnn": cnn["version"]}
+    data = load_features_task(store, current_params_hash(settings), cnn["version"])
+    models = fit_models_task(data, settings)
+    evaluation = evaluate_task(
+        models, data, run_id, "retrain", cohort_flow_counts_task(store), {"cnn": cnn["version"]}
     )
-    report = write_report(evaluation, store.uri("reports", run_id))
-    logged = log_retrain(models, evaluation, report, settings, store, cnn)
+    report = write_report_task(evaluation, store.uri("reports", run_id))
+    logged = log_retrain_task(models, evaluation, report, settings, store, cnn)
 
-    current = champion(settings, store)
-    decision = compare_with_champion(models["COMB"], data, current, settings, store)
-    if promote_champion and decision.promote:
-        promote(logged["registered_version"], settings, store)
-        set_current_model(store, cnn["uri"])  # nightly runs embed with it from now on
+    current = champion_task(settings, store)
+    decision = compare_with_champion_task(models["COMB"], data, current, settings, store)
+    promoted = promote_champion and decision.promote
+    if promoted:
+        promote_task(logged["registered_version"], settings, store)
+        set_current_model_task(store, cnn["uri"])  # nightly runs embed with it from now on
     summary = {
         "run_id": run_id,
         "training_cases": cnn["training_cases"],
@@ -90,7 +95,7 @@ def retrain(settings: Settings | None = None, promote_champion: bool = True) -> 
         "cases_embedded": trained["embeddings"].cases,
         "registered_version": logged["registered_version"],
         "mlflow_run_id": logged["mlflow_run_id"],
-        "promoted": bool(promote_champion and decision.promote),
+        "promoted": bool(promoted),
         "promotion": decision.reason,
         "report": report["html"],
         **{

@@ -11,13 +11,18 @@ from flows.extract import run_extraction
 from tasks.config import Settings, resolve_settings
 from tasks.data.ingest import current_cohort, with_perturbation
 from tasks.data.store import FeatureStore
-from tasks.data.tables import COHORT, PREDICTIONS
+from tasks.data.tables import COHORT
 from tasks.evaluation.artifacts import publish_evaluation, publish_run_summary
-from tasks.evaluation.evaluate import check_floor, cohort_flow_counts, evaluate, prediction_rows
-from tasks.evaluation.report import write_report
+from tasks.evaluation.evaluate import (
+    check_floor_task,
+    cohort_flow_counts_task,
+    evaluate_task,
+    write_predictions_task,
+)
+from tasks.evaluation.report import write_report_task
 from tasks.features.work import plan_work_task
-from tasks.models.features import load_features
-from tasks.models.registry import champion, load_bundle
+from tasks.models.features import load_features_task
+from tasks.models.registry import champion_task, load_bundle_task
 
 
 @flow(name="validate", log_prints=True, persist_result=True)
@@ -36,10 +41,10 @@ def validate(settings: Settings | None = None, auc_floor: float | None = None):
         settings = settings.model_copy(update={"auc_floor": auc_floor})
     store = FeatureStore(settings.store)
     run_id = current_run_id("validate")
-    current = champion(settings, store)
+    current = champion_task(settings, store)
     if current is None:
         return Failed(message="no champion model yet: run the retrain flow first")
-    bundle = load_bundle(current["mlflow_run_id"], settings, store)
+    bundle = load_bundle_task(current["mlflow_run_id"], settings, store)
     lineage, cnn = bundle["lineage"], bundle["cnn"]
     logger.info("champion: sln-comb v%s (CNN %s)", current["version"], cnn["version"])
 
@@ -49,31 +54,27 @@ def validate(settings: Settings | None = None, auc_floor: float | None = None):
     work = plan_work_task(cohort, store, settings, radiomics=False, model=cnn["uri"])
     run_extraction(work, settings, run_id)
 
-    data = load_features(store, lineage["params_hash"], lineage["cnn_model_version"])
+    data = load_features_task(store, lineage["params_hash"], lineage["cnn_model_version"])
     models = bundle["models"]
-    evaluation = evaluate(
+    evaluation = evaluate_task(
         models,
         data,
         run_id,
         "validate",
-        cohort_flow_counts(store),
+        cohort_flow_counts_task(store),
         {"champion": f"sln-comb v{current['version']}"},
     )
-    evaluation = evaluation.with_checks(check_floor(evaluation, settings.auc_floor))
-    predictions = prediction_rows(models, data, run_id, current["version"])
-    written = store.insert_new(PREDICTIONS, predictions)
-    report = write_report(evaluation, store.uri("reports", run_id))
+    evaluation = evaluation.with_checks(check_floor_task(evaluation, settings.auc_floor))
+    scored, written = write_predictions_task(models, data, run_id, current["version"], store)
+    report = write_report_task(evaluation, store.uri("reports", run_id))
     summary = {
         "run_id": run_id,
         "champion": current["version"],
-        "cases_scored": int(len(predictions)),
+        "cases_scored": scored,
         "predictions_written": written,
         "report": report["html"],
         "checks_passed": evaluation.checks.passed,
-        **{
-            f"auc_COMB_{split}": round(m.auc, 3)
-            for split, m in evaluation.models["COMB"].items()
-        },
+        **{f"auc_COMB_{split}": round(m.auc, 3) for split, m in evaluation.models["COMB"].items()},
         "drift_sites_over_0_25": sorted(
             site for site, d in evaluation.drift.items() if d.features_over_0_25
         ),

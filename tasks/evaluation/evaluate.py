@@ -28,6 +28,7 @@ from tasks.config import Settings
 from tasks.data.ingest import current_cohort
 from tasks.data.schema import SPLITS
 from tasks.data.store import FeatureStore
+from tasks.data.tables import PREDICTIONS
 from tasks.evaluation.metrics import (
     calibration,
     decision_curve,
@@ -336,11 +337,23 @@ def prediction_rows(
     return scored
 
 
+def write_predictions(
+    models: dict[str, FittedModel],
+    data: FeatureData,
+    run_id: str,
+    registry_version: str,
+    store: FeatureStore,
+) -> tuple[int, int]:
+    """Score every case into the ``predictions`` table; (cases scored, rows written)."""
+    rows = prediction_rows(models, data, run_id, registry_version)
+    return len(rows), store.insert_new(PREDICTIONS, rows)
+
+
 # -- Prefect wrappers ------------------------------------------------------------------------
 evaluate_task = task(evaluate, name="evaluate", cache_policy=NO_CACHE)
 check_floor_task = task(check_floor, name="check-floor", cache_policy=NO_CACHE)
 compare_with_champion_task = task(
     compare_with_champion, name="compare-with-champion", cache_policy=NO_CACHE
 )
-prediction_rows_task = task(prediction_rows, name="prediction-rows", cache_policy=NO_CACHE)
+write_predictions_task = task(write_predictions, name="write-predictions", cache_policy=NO_CACHE)
 cohort_flow_counts_task = task(cohort_flow_counts, name="cohort-flow-counts", cache_policy=NO_CACHE)

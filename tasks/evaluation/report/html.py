@@ -44,10 +44,6 @@ def _e(value: Any) -> str:
     return html.escape(str(value), quote=True)
 
 
-def _int(value: int | None) -> str:
-    return DASH if value is None else f"{int(value):d}"
-
-
 def _p(value: float) -> str:
     text = f(value)
     if text == DASH:
@@ -124,7 +120,7 @@ def _metric_rows(
                 [
                     _e(model),
                     _e(label),
-                    _int(m.n),
+                    str(m.n),
                     f"<b>{est_ci(m.auc, m.auc_ci)}</b>",
                     *(est_ci(getattr(m, r), getattr(m, f"{r}_ci")) for r in RATIOS),
                     f(m.brier),
@@ -253,14 +249,14 @@ def _features_html(evaluation: Evaluation) -> str:
 def _count_table(title: str, counts: dict[str, int], keys: list[str]) -> str:
     if not counts:
         return ""
-    rows = [[_e(SET_LABELS.get(k, k)), _int(counts[k])] for k in keys]
+    rows = [[_e(SET_LABELS.get(k, k)), str(counts[k])] for k in keys]
     return f'<div class="feat"><h3>{_e(title)}</h3>{_table(["", "Cases"], rows)}</div>'
 
 
 def _cohort_html(evaluation: Evaluation) -> str:
     flow = evaluation.cohort_flow
     items = [
-        (_e(label), _int(getattr(flow, key)))
+        (_e(label), str(getattr(flow, key)))
         for key, label in (
             ("cases_in", "Cases in (manifest)"),
             ("quarantined", "Quarantined"),
@@ -292,10 +288,10 @@ def _drift_html(evaluation: Evaluation) -> str:
         rows.append(
             [
                 _e(site),
-                _int(d.n),
+                str(d.n),
                 f'<span class="{cls}">{f(d.psi_max)}</span>' if cls else f(d.psi_max),
                 f(d.psi_mean),
-                _int(d.features_over_0_25),
+                str(d.features_over_0_25),
                 top or DASH,
             ]
         )

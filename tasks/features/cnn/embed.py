@@ -192,6 +192,7 @@ def current_model(store: FeatureStore, settings: Settings) -> str:
 
 
 def set_current_model(store: FeatureStore, model_uri: str) -> None:
+    """Point the nightly runs at ``model_uri`` (the promoted fine-tuned CNN)."""
     store.write_bytes(model_uri.encode(), *CURRENT_MODEL)
 
 
@@ -266,6 +267,7 @@ def commit_embeddings(
 
 
 # -- Prefect wrappers ------------------------------------------------------------------------
+set_current_model_task = task(set_current_model, name="set-current-cnn", cache_policy=NO_CACHE)
 commit_embeddings_task = task(
     commit_embeddings,
     name="commit-embeddings",

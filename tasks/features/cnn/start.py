@@ -16,6 +16,9 @@ from collections.abc import Mapping
 from pathlib import PurePosixPath
 from typing import Any
 
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
 from tasks.config import Settings
 from tasks.data import uris
 from tasks.data.store import FeatureStore
@@ -89,3 +92,7 @@ def start_version(start: str, meta: Mapping[str, Any] | None = None) -> str:
     else:
         name = PurePosixPath(start.split("://", 1)[-1]).name.split(".")[0] or "weights"
     return f"start-{name}-{sha[:8]}"
+
+
+# -- Prefect wrappers ------------------------------------------------------------------------
+start_weights_task = task(start_weights, name="start-weights", cache_policy=NO_CACHE)

@@ -220,6 +220,16 @@ def test_prediction_rows(feature_data, fitted):
     assert str(rows["scored_at"].dt.tz) == "UTC"
 
 
+def test_write_predictions_stores_each_run_once(feature_data, fitted, tmp_path):
+    store = FeatureStore(str(tmp_path / "store"))
+    scored, written = step.write_predictions(fitted, feature_data, "run-1", "4", store)
+    assert scored == written == len(feature_data.cases)
+    # the same run again writes nothing: (run_id, case_id) is the table's key
+    assert step.write_predictions(fitted, feature_data, "run-1", "4", store) == (scored, 0)
+    assert step.write_predictions(fitted, feature_data, "run-2", "4", store)[1] == scored
+    assert store.read("predictions").groupby(["run_id", "case_id"]).size().max() == 1
+
+
 def test_cohort_flow_counts_from_the_store(tmp_path):
     store = FeatureStore(str(tmp_path / "store"))
     cohort = pd.DataFrame(
@@ -253,7 +263,7 @@ def test_cohort_flow_counts_from_the_store(tmp_path):
         (step.evaluate_task, evaluate, "evaluate"),
         (step.check_floor_task, check_floor, "check-floor"),
         (step.compare_with_champion_task, compare_with_champion, "compare-with-champion"),
-        (step.prediction_rows_task, prediction_rows, "prediction-rows"),
+        (step.write_predictions_task, step.write_predictions, "write-predictions"),
         (step.cohort_flow_counts_task, cohort_flow_counts, "cohort-flow-counts"),
     ],
 )

@@ -1,0 +1,34 @@
+"""Flow fixtures: a cohort run and a retrain on an 80-patient synthetic cohort with small CNN
+inputs, under a real Prefect server, Dask process workers and MLflow (SQLite under the store).
+Shared by the retrain and validate tests (one retrain serves both)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from flows.cohort import cohort as cohort_flow
+from tasks.config import Settings
+
+SMALL_CNN = {"SLN_CNN_SIZE": "64", "SLN_CNN_EPOCHS": "2", "SLN_CNN_BATCH_SIZE": "8"}
+
+
+@pytest.fixture(scope="session")  # one retrain serves both test modules
+def trained(tmp_path_factory, prefect_api):
+    from flows.retrain import retrain
+    from tasks.data.sources.synthetic import generate_cohort
+
+    saved = {k: os.environ.get(k) for k in SMALL_CNN}
+    os.environ.update(SMALL_CNN)
+    root = tmp_path_factory.mktemp("e2e")
+    manifest = generate_cohort(root / "cohort", n_patients=80, seed=4)
+    settings = Settings(store=str(root / "store"), n_workers=2)
+    cohort = cohort_flow(str(manifest), settings)
+    summary = retrain(settings)
+    yield settings, cohort, summary
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value

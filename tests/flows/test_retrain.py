@@ -1,0 +1,42 @@
+"""The retrain flow end to end: fine-tune, embed, select, fit, evaluate, register, promote."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tasks.data.store import FeatureStore
+
+
+@pytest.mark.slow
+def test_retrain_registers_promotes_and_reports(trained):
+    from tasks.features.cnn.embed import current_model
+    from tasks.models.registry import champion
+
+    settings, cohort, summary = trained
+    store = FeatureStore(settings.store)
+    assert cohort["cases_new"] == 80 and cohort["cases_embedded"] == 80
+    # The CNN was fine-tuned on the GPU-resource worker and every case re-embedded.
+    assert summary["cnn_worker"] == "gpu-0"
+    assert summary["cnn_model_version"].startswith("cnn-")
+    embeddings = store.read("embeddings")
+    new = embeddings[embeddings["model_version"] == summary["cnn_model_version"]]
+    assert new["case_id"].nunique() == 80 and set(new["worker"]) == {"gpu-0"}
+    # First model: registered and promoted; nightly runs now embed with the new CNN.
+    assert summary["promoted"] and summary["promotion"] == "no champion yet"
+    assert champion(settings, store)["version"] == summary["registered_version"]
+    assert current_model(store, settings).endswith("model.pth")
+
+    report = json.loads(open(summary["report"].replace("report.html", "report.json")).read())
+    for model in ("COMB", "ONLY_HF", "ONLY_DF"):
+        for split in ("training", "validation", "testing"):
+            metrics = report["models"][model][split]
+            for key in ("auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "n"):
+                assert key in metrics
+            lo, hi = metrics["auc_ci"]
+            assert lo <= metrics["auc"] <= hi
+    assert report["selected_features"]["COMB"]
+    assert set(report["delong"]["validation"]) == {"COMB_vs_ONLY_HF", "COMB_vs_ONLY_DF"}
+    html = open(summary["report"]).read()
+    assert "not a cleared medical device" in html and html.count("<img") >= 4
