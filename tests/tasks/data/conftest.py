@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 
-def append_rows(manifest: Path, rows: list[dict]) -> None:
+def _append_rows(manifest: Path, rows: list[dict]) -> None:
     frame = pd.read_csv(manifest, dtype=str, keep_default_na=False)
     pd.concat([frame, pd.DataFrame(rows)], ignore_index=True).fillna("").to_csv(
         manifest, index=False
@@ -68,5 +68,5 @@ def bad_manifest(tiny_cohort: Path) -> tuple[Path, list[tuple[dict, str, str]]]:
     rows = pd.read_csv(tiny_cohort, dtype=str, keep_default_na=False)
     dup_same = rows.iloc[1].to_dict()
     dup_conflict = rows.iloc[2].to_dict() | {"label": "1" if rows.iloc[2]["label"] == "0" else "0"}
-    append_rows(tiny_cohort, [r for r, _, _ in bad] + [dup_same, dup_conflict])
+    _append_rows(tiny_cohort, [r for r, _, _ in bad] + [dup_same, dup_conflict])
     return tiny_cohort, bad

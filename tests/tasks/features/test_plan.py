@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import hashlib
-
 import pandas as pd
 import pytest
 
 from tasks.config import Settings
-from tasks.data.schema import PERTURBATION_VERSION, case_variants, perturbed_mask_sha
+from tasks.data.schema import perturbed_mask_sha
 from tasks.features.plan import plan_cases, variant_keys
 
 
@@ -32,33 +30,6 @@ def _case(case_id: str = "C1", reader2: bool = False, repeat: bool = False) -> d
         row["bmus_mask_repeat"] = f"/d/{case_id}_rep.png"
         row["bmus_mask_repeat_sha256"] = f"rep-{case_id}"
     return row
-
-
-def test_perturbed_mask_id_is_derived_from_reader1_and_the_version():
-    expected = hashlib.sha256(f"abc:perturbed:{PERTURBATION_VERSION}".encode()).hexdigest()
-    assert perturbed_mask_sha("abc") == expected
-    assert PERTURBATION_VERSION == "v1"
-    assert perturbed_mask_sha("abc") != perturbed_mask_sha("abd")
-
-
-def test_perturbed_variant_only_with_the_flag_and_without_real_repeats():
-    names = lambda case, perturb: [v.name for v in case_variants(case, perturb)]  # noqa: E731
-    assert names(_case(), False) == ["reader1"]
-    assert names(_case(), True) == ["reader1", "perturbed"]
-    assert names(_case(reader2=True), True) == ["reader1", "reader2"]
-    assert names(_case(repeat=True), True) == ["reader1", "repeat"]
-    assert names(_case(reader2=True, repeat=True), True) == ["reader1", "reader2", "repeat"]
-    for empty in (None, "", float("nan"), pd.NA):  # no reader-1 mask, nothing to perturb
-        assert names({**_case(), "bmus_mask": empty}, True) == []
-    # A repeat column that is present but empty is no repeat.
-    assert names({**_case(), "bmus_mask_repeat": ""}, True) == ["reader1", "perturbed"]
-
-    perturbed = case_variants(_case(), True)[1]
-    assert perturbed.column == "bmus_mask"  # generated from reader 1's file
-    assert perturbed.mask_sha256 == perturbed_mask_sha("m1-C1")
-    # A row without hashes (a bare test row) still gets the variant, without an id.
-    bare = {"case_id": "X", "bmus_mask": "/d/x.png"}
-    assert case_variants(bare, True)[1].mask_sha256 is None
 
 
 def test_the_setting_is_on_by_default(monkeypatch):

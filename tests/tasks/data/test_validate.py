@@ -1,0 +1,214 @@
+"""Manifest validation: every bad input is held back with its reason, on real files."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks.config import Settings
+from tasks.data.tables import COHORT, QUARANTINE
+from tasks.data.validate import (
+    ManifestError,
+    case_version,
+    check_mask,
+    pseudonymise,
+    read_manifest,
+    validate_manifest,
+    validate_row,
+)
+
+
+def test_every_bad_input_is_quarantined_with_its_reason(bad_manifest):
+    manifest, bad = bad_manifest
+    validated = validate_manifest(str(manifest), Settings(), "r")
+    quarantine, cohort = validated.quarantine, validated.cohort
+
+    for row, reason, column in bad:
+        hits = quarantine[(quarantine["case_id"].fillna("") == row["case_id"])]
+        assert not hits.empty, f"{row['case_id']} was not quarantined"
+        hit = hits[hits["column"] == column]
+        assert hit["reason"].str.contains(reason).any(), (row["case_id"], hits["reason"].tolist())
+    # Every file-level problem names the file.
+    file_problems = quarantine[quarantine["column"].isin(["bmus_image", "bmus_mask"])]
+    assert file_problems["file"].notna().all()
+    # The conflicting duplicate holds back both rows of T002; T001 stays, once.
+    dup = quarantine[quarantine["case_id"] == "T002"]
+    assert len(dup) == 2 and dup["reason"].str.contains("duplicate case_id").all()
+    assert set(cohort["case_id"]) == {f"T{i:03d}" for i in range(8)} - {"T002"}
+    assert (cohort["case_id"] == "T001").sum() == 1
+    assert len(cohort) == 7
+    assert validated.rows_in == 8 + len(bad) + 2
+    assert quarantine["manifest_row"].nunique() == len(bad) + 3  # + T001 repeat, both T002
+    assert validated.problems_by_case["BAD-LABEL"] == [
+        "label must be 0 (N0), 1 (N>=1) or empty, got 'N1'"
+    ]
+
+
+def test_an_unreadable_image_is_quarantined_with_the_readers_message(bad_manifest):
+    # The reader's message (SimpleITK puts it on the last line), not its source location.
+    manifest, _ = bad_manifest
+    quarantine = validate_manifest(str(manifest), Settings(), "r").quarantine
+    reason = quarantine.set_index("case_id").at["BAD-UNREADABLE", "reason"]
+    assert reason.startswith("unreadable image: ")
+    assert "Unable to determine ImageIO reader" in reason
+    assert ".cxx" not in reason
+
+
+def test_valid_rows_are_typed_cohort_rows_with_lineage(tiny_cohort):
+    validated = validate_manifest(str(tiny_cohort), Settings(seed=5), "run-7")
+    cohort = validated.cohort
+    assert list(cohort.columns) == list(COHORT.dtypes)
+    assert list(validated.quarantine.columns) == list(QUARANTINE.dtypes)
+    assert validated.quarantine.empty and validated.problems_by_case == {}
+    assert (cohort["run_id"] == "run-7").all()
+    assert (cohort["manifest"] == str(tiny_cohort)).all()
+    assert cohort["split"].isna().all() and cohort["split_source"].isna().all()
+    assert cohort.set_index("case_id").at["T000", "patient_key"] == pseudonymise("P000", 5)
+    assert cohort["case_version"].str.len().eq(20).all()
+    assert cohort["bmus_image"].map(lambda p: p.startswith(str(tiny_cohort.parent))).all()
+
+
+def test_a_manifest_split_is_kept_with_its_source(tiny_cohort):
+    frame = pd.read_csv(tiny_cohort, dtype=str, keep_default_na=False)
+    frame.loc[0, "split"] = " Testing "
+    frame.to_csv(tiny_cohort, index=False)
+    cohort = validate_manifest(str(tiny_cohort), Settings(), "r").cohort.set_index("case_id")
+    assert (cohort.at["T000", "split"], cohort.at["T000", "split_source"]) == (
+        "testing",
+        "manifest",
+    )
+
+
+def test_progress_is_reported_for_every_row(tiny_cohort):
+    seen: list[tuple[int, int]] = []
+    validate_manifest(str(tiny_cohort), Settings(), "r", progress=lambda d, t: seen.append((d, t)))
+    assert seen == [(i, 8) for i in range(1, 9)]
+
+
+def test_missing_required_column_quarantines_every_row(tiny_cohort, tmp_path):
+    frame = pd.read_csv(tiny_cohort, dtype=str).drop(columns=["bmus_mask"])
+    frame.to_csv(tiny_cohort, index=False)
+    validated = validate_manifest(str(tiny_cohort), Settings(), "r")
+    assert validated.cohort.empty
+    assert len(validated.quarantine) == 8
+    assert validated.quarantine["reason"].str.contains("no column bmus_mask").all()
+
+
+def test_unreadable_manifest_is_a_clear_error(tmp_path):
+    with pytest.raises(ManifestError, match="not found"):
+        validate_manifest(str(tmp_path / "missing.csv"), Settings(), "r")
+
+
+def test_a_broken_parquet_manifest_names_the_file(tmp_path):
+    broken = tmp_path / "m.parquet"
+    broken.write_bytes(b"not parquet")
+    with pytest.raises(ManifestError, match=r"m\.parquet: cannot be read"):
+        read_manifest(str(broken))
+
+
+def test_a_parquet_manifest_reads_as_strings_with_stripped_headers(tmp_path):
+    path = tmp_path / "m.parquet"
+    pd.DataFrame({" case_id ": ["A"], "label": [1]}).to_parquet(path)
+    frame = read_manifest(str(path))
+    assert list(frame.columns) == ["case_id", "label"]
+    assert frame.at[0, "label"] == "1"
+
+
+def test_data_roots_setting_confines_paths(tiny_cohort, tmp_path):
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    validated = validate_manifest(str(tiny_cohort), Settings(data_roots=[str(other)]), "r")
+    assert validated.cohort.empty
+    assert validated.quarantine["reason"].str.contains("outside the configured data roots").any()
+
+
+def test_patient_spanning_splits_is_quarantined(tiny_cohort):
+    frame = pd.read_csv(tiny_cohort, dtype=str, keep_default_na=False)
+    frame.loc[[0, 1], "patient_id"] = "SAME"
+    frame.loc[0, "split"], frame.loc[1, "split"] = "training", "testing"
+    frame.to_csv(tiny_cohort, index=False)
+    validated = validate_manifest(str(tiny_cohort), Settings(), "r")
+    assert {"T000", "T001"} <= set(validated.quarantine["case_id"])
+    assert validated.quarantine["reason"].str.contains("leakage").any()
+
+
+def _disk(shape=(20, 30), value=255) -> np.ndarray:
+    mask = np.zeros(shape, np.uint8)
+    mask[5:10, 5:12] = value
+    return mask
+
+
+@pytest.mark.parametrize(
+    ("mask", "grid", "reason"),
+    [
+        (_disk(), (20, 30), None),
+        (_disk(value=1), (20, 30), None),
+        (np.repeat(_disk()[..., None], 3, axis=2), (20, 30), None),  # grey stored as RGB
+        (_disk(), (20, 31), "does not match the image size (31, 20)"),
+        (np.zeros((20, 30), np.uint8), (20, 30), "mask is empty"),
+        (_disk() // 2 + 128, (20, 30), "not binary"),  # 128 and 255: no background 0
+        (np.where(_disk(), 255, np.eye(20, 30, dtype=np.uint8)), (20, 30), "not binary"),
+        (np.full((20, 30), 255, np.uint8), (20, 30), None),  # all lesion: 0 + one value
+        (np.stack([_disk(), _disk(), np.zeros((20, 30), np.uint8)], axis=2), (20, 30), "colour"),
+    ],
+)
+def test_check_mask(mask, grid, reason):
+    found = check_mask(mask, grid)
+    assert found is None if reason is None else reason in found
+
+
+def test_check_mask_lists_the_values_of_a_non_binary_mask():
+    mask = np.arange(20 * 30, dtype=np.uint16).reshape(20, 30) % 9
+    assert check_mask(mask, (20, 30)) == "mask is not binary (values: 0, 1, 2, 3, 4, 5...)"
+
+
+def test_validate_row_parses_values_and_reports_each_bad_one(tmp_path):
+    row = {
+        "case_id": " C1 ",
+        "site": "A",
+        "label": "1.0",
+        "exam_date": "2024-02-03",
+        "pixel_spacing_mm": "0.08",
+        "split": "",
+    }
+    record, problems = validate_row(row, str(tmp_path), [str(tmp_path)])
+    assert (record["case_id"], record["patient_id"], record["label"]) == ("C1", "C1", 1)
+    assert (record["exam_date"], record["pixel_spacing_mm"], record["split"]) == (
+        "2024-02-03",
+        0.08,
+        None,
+    )
+    # No image or mask given: two missing required values, nothing else.
+    assert sorted(p.column for p in problems) == ["bmus_image", "bmus_mask"]
+
+    bad = row | {"pixel_spacing_mm": "-1", "label": "2", "exam_date": "03/02/2024"}
+    _, problems = validate_row(bad, str(tmp_path), [str(tmp_path)])
+    by_column = {p.column: p.reason for p in problems}
+    assert by_column["pixel_spacing_mm"] == "pixel_spacing_mm must be a positive number, got '-1'"
+    assert "label must be" in by_column["label"]
+    assert "ISO date" in by_column["exam_date"]
+
+
+def test_a_mask_without_its_image_is_reported(tiny_cohort):
+    row = pd.read_csv(tiny_cohort, dtype=str, keep_default_na=False).iloc[0].to_dict()
+    row["cdus_mask"], row["cdus_image"] = row["bmus_mask"], ""
+    _, problems = validate_row(row, str(tiny_cohort.parent), [str(tiny_cohort.parent)])
+    assert [(p.column, p.reason) for p in problems] == [
+        ("cdus_mask", "mask given without cdus_image")
+    ]
+
+
+def test_case_version_follows_content_and_clinical_fields_only():
+    record = {"site": "A", "patient_id": "P", "label": 0, "bmus_image_sha256": "h1"}
+    same = case_version(record)
+    assert same == case_version(record | {"bmus_image": "/another/path.png", "run_id": "x"})
+    assert same != case_version(record | {"label": 1})
+    assert same != case_version(record | {"bmus_image_sha256": "h2"})
+
+
+def test_pseudonymise_is_stable_keyed_and_does_not_reveal_the_id():
+    key = pseudonymise("P-001", 1)
+    assert key == pseudonymise("P-001", 1) and len(key) == 16
+    assert key != pseudonymise("P-001", 2) and key != pseudonymise("P-002", 1)
+    assert "P-001" not in key
