@@ -29,6 +29,10 @@ ONE_THREAD_ENV = {
     "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1",
 }
 GPU_WORKER = "gpu-0"
+# The Dask resource CNN tasks are annotated with (dask.annotate(resources={GPU_RESOURCE: 1}))
+# and GPU workers offer (`dask worker --resources GPU=1`): here, in the Slurm GPU jobs, the
+# Kubernetes GPU worker group and the GPU image.
+GPU_RESOURCE = "GPU"
 # Dask's nanny gives workers MALLOC_TRIM_THRESHOLD_=65536. Setting it also freezes glibc's
 # mmap threshold at 128 KiB, so every image-sized numpy array pyradiomics makes is mmap'd,
 # page-faulted and munmap'd: measured here, workers then spent about half their CPU in the
@@ -50,7 +54,7 @@ def local_cluster(n_workers: int = 2, gpu_workers: int = 1, memory_limit: str = 
         name = f"gpu-{i}" if i < gpu_workers else f"cpu-{i - gpu_workers}"
         options = {"nthreads": 1, "env": env, "memory_limit": memory_limit, "name": name}
         if i < gpu_workers:
-            options["resources"] = {"GPU": 1}
+            options["resources"] = {GPU_RESOURCE: 1}
         workers[name] = {"cls": Nanny, "options": options}
     scheduler = {
         "cls": Scheduler,
@@ -69,7 +73,7 @@ def check_gpu_workers(address: str, timeout: float = 30, security=None) -> list[
 
     with Client(address, timeout=timeout, security=security) as client:
         workers = client.scheduler_info(n_workers=-1)["workers"].values()
-        names = [str(w.get("name")) for w in workers if w.get("resources", {}).get("GPU")]
+        names = [str(w.get("name")) for w in workers if w.get("resources", {}).get(GPU_RESOURCE)]
     if not names:
         raise RuntimeError(
             f"the Dask cluster at {address} has no worker with the GPU=1 resource: CNN "

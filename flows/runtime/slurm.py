@@ -44,7 +44,7 @@ from pathlib import Path
 
 from distributed.deploy.adaptive import Adaptive
 
-from flows.runtime.runners import WORKER_ENV
+from flows.runtime.runners import GPU_RESOURCE, WORKER_ENV
 from flows.runtime.tls import ensure_certs, security
 from tasks.config import PROJECT_ROOT, Settings
 
@@ -192,7 +192,7 @@ class PoolAdaptive(Adaptive):
         counts = {"gpu": 0, "cpu": 0}
         for ts in self.cluster.scheduler.tasks.values():
             if ts.state in ACTIVE_STATES:
-                gpu = "GPU" in (ts.resource_restrictions or {})
+                gpu = GPU_RESOURCE in (ts.resource_restrictions or {})
                 counts["gpu" if gpu else "cpu"] += 1
         return counts
 
@@ -273,7 +273,7 @@ def slurm_cluster_class():
                     "worker_extra_args": [
                         *base.get("worker_extra_args", []),
                         "--resources",
-                        "GPU=1",
+                        f"{GPU_RESOURCE}=1",
                     ],
                     "job_extra_directives": [
                         *base.get("job_extra_directives", []),

@@ -88,7 +88,8 @@ RUN groupadd --gid 10001 sln \
  && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/sln --shell /bin/bash sln
 
 # One thread per worker process: BLAS/OpenMP/ITK pools at one thread (process workers, one
-# thread each, are the parallelism). PATH puts the venv first.
+# thread each, are the parallelism); glibc malloc thresholds as flows/runtime/runners.py sets
+# them (Dask's nanny default would freeze the mmap threshold). PATH puts the venv first.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -96,6 +97,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     OPENBLAS_NUM_THREADS=1 \
     MKL_NUM_THREADS=1 \
     ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1 \
+    MALLOC_TRIM_THRESHOLD_=67108864 \
+    MALLOC_MMAP_THRESHOLD_=67108864 \
     SLN_RADIOMICS_PARAMS=/opt/sln/infra/radiomics.yaml \
     PREFECT_SERVER_ANALYTICS_ENABLED=false \
     PREFECT_HOME=/home/sln/.prefect \

@@ -24,7 +24,8 @@ class TableSpec:
     dtypes: MappingProxyType = field(default_factory=lambda: MappingProxyType({}))
 
     def typed(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """``frame`` with exactly the spec's columns, in order, cast to their dtypes."""
+        """``frame`` with exactly the spec's columns, in order, cast to their dtypes (a copy)."""
+        frame = frame.copy()
         for col, dtype in self.dtypes.items():
             if col not in frame:
                 frame[col] = pd.Series([None] * len(frame), dtype=dtype)

@@ -41,9 +41,13 @@ def parent(uri: str) -> str:
 
 def resolve(path: str, base: str) -> str:
     """Resolve a manifest path against the manifest's folder, normalising ``..``."""
+    if path.startswith("file://"):  # a local file all the same: links resolved too
+        return "file://" + os.path.realpath(path.removeprefix("file://"))
     if is_uri(path):
         scheme, rest = path.split("://", 1)
         return f"{scheme}://{posixpath.normpath(rest)}"
+    if base.startswith("file://"):
+        return "file://" + os.path.realpath(os.path.join(base.removeprefix("file://"), path))
     if is_uri(base):
         scheme, rest = base.split("://", 1)
         return f"{scheme}://{posixpath.normpath(posixpath.join(rest, path))}"

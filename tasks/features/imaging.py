@@ -298,7 +298,7 @@ def case_regions(
     cohort step computed them), so files are not hashed again. With ``perturb``
     (``settings.perturb_repeats``), a row without reader-2 and repeat delineations also
     gets the regions of its perturbed reader-1 mask (variant ``perturbed``, the ring grown
-    from the perturbed lesion); :func:`tasks.data.ingest.case_variants` decides. Raises
+    from the perturbed lesion); :func:`tasks.data.schema.case_variants` decides. Raises
     :class:`InputError` naming the file when an image or mask cannot be read or does not
     fit the image.
     """

@@ -91,7 +91,7 @@ class ExtractionError(RuntimeError):
         return f"case {self.case_id}: {self.file}: {self.reason}"
 
     def quarantine_entry(self) -> dict[str, Any]:
-        """The entry :func:`tasks.data.ingest.quarantine_frame` takes."""
+        """The entry :func:`tasks.data.quarantine.quarantine_frame` takes."""
         return {
             "case_id": self.case_id,
             "column": self.column,

@@ -6,17 +6,18 @@ Prefect's own work-pool template validator and templating), so it runs in about 
 
 from __future__ import annotations
 
-import builtins
 import importlib.util
 import json
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+
+from flows.runtime.runners import MALLOC_ENV
+from tasks.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
@@ -27,7 +28,7 @@ DOCKERFILES = {
     "gpu": INFRA / "docker" / "gpu.Dockerfile",
 }
 SLURM_SCRIPT = INFRA / "hpc" / "slurm_cluster.py"
-GPU_SBATCH = INFRA / "hpc" / "gpu-worker.sbatch"
+SLURM_LOCAL = INFRA / "hpc" / "slurm-local.sh"
 AWS_SECRET_VARS = {"AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
 ONE_THREAD = ["OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"]
 
@@ -180,6 +181,8 @@ def test_dockerfile_installs_like_the_makefile_and_runs_one_thread(kind):
     assert "torch==2.14.1" in text and "torchvision==0.29.1" in text
     for name in [*ONE_THREAD, "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS"]:
         assert re.search(rf"\b{name}=1\b", text), name
+    for name, value in MALLOC_ENV.items():  # as flows/runtime/runners.py gives workers
+        assert re.search(rf"\b{name}={value}\b", text), name
     cmd = dockerfile_cmd(text)
     assert cmd[:2] == ["dask", "worker"]
     assert flag_value(cmd, "--nthreads") == "1"
@@ -202,43 +205,29 @@ def test_gpu_image_is_cuda13_and_carries_the_gpu_resource():
 
 
 # -- Slurm ----------------------------------------------------------------------------------
-def test_slurm_cluster_imports_without_dask_jobqueue_and_main_says_what_to_install(monkeypatch):
-    real_import = builtins.__import__
+def test_standing_slurm_cluster_runs_the_flows_slurm_code_path():
+    from flows.runtime import slurm
 
-    def no_jobqueue(name, *args, **kwargs):
-        if name == "dask_jobqueue" or name.startswith("dask_jobqueue."):
-            raise ImportError("No module named 'dask_jobqueue'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_jobqueue)
-    monkeypatch.delitem(sys.modules, "dask_jobqueue", raising=False)
     module = load_module(SLURM_SCRIPT, "sln_slurm_cluster")
-    with pytest.raises(SystemExit) as exc:
-        module.main(["--dry-run"])
-    assert "pip install dask-jobqueue" in str(exc.value)
+    assert module.make_cluster is slurm.make_cluster  # the same cluster class, not a copy
+    assert module.cluster_kwargs is slurm.cluster_kwargs
+    settings = Settings(tls_dir=ROOT / "unused-tls")
+    args = module.parse_args(["--cpu-jobs", "8", "--gpu-jobs", "2", "--port", "8786"])
+    assert (args.cpu_jobs, args.gpu_jobs, args.port) == (8, 2, 8786)
+    line = module.client_env("tls://10.0.0.5:8786", settings.model_copy(update={"tls_dir": None}))
+    assert "SLN_CLUSTER=address" in line and "DASK_SCHEDULER_ADDRESS=tls://10.0.0.5:8786" in line
 
 
-def test_slurm_workers_one_thread_and_gpu_jobs_join_the_same_scheduler():
-    module = load_module(SLURM_SCRIPT, "sln_slurm_cluster_args")
-    args = module.parse_args(["--cores", "8", "--gpu-jobs", "2", "--gpu-queue", "gpu"])
-    kwargs = module.cpu_cluster_kwargs(args)
-    assert kwargs["cores"] == kwargs["processes"] == 8  # 8 processes x 1 thread
-    assert "export OMP_NUM_THREADS=1" in kwargs["job_script_prologue"]
-    cmd = module.gpu_sbatch_command("tcp://10.0.0.5:8786", args)
-    assert cmd[0] == "sbatch" and cmd[-1] == str(GPU_SBATCH)
-    assert any("DASK_SCHEDULER_ADDRESS=tcp://10.0.0.5:8786" in part for part in cmd)
-    assert cmd[cmd.index("--partition") + 1] == "gpu"
-
-
-def test_gpu_sbatch_requests_a_gpu_and_starts_a_gpu_worker():
-    text = GPU_SBATCH.read_text()
-    assert re.search(r"^#SBATCH --gres=gpu:1$", text, re.MULTILINE)
-    assert "--resources GPU=1" in text
-    assert "--nthreads 1" in text
-    assert "DASK_SCHEDULER_ADDRESS" in text
+def test_slurm_local_script_is_bash_with_two_partitions_on_loopback():
+    text = SLURM_LOCAL.read_text()
+    assert "PartitionName=cpu Nodes=$HOST Default=YES" in text
+    assert "PartitionName=gpu Nodes=$HOST Default=NO" in text
+    assert "NodeAddr=127.0.0.1" in text and "NoCtldInAddrAny" in text
+    assert "ProctrackType=proctrack/linuxproc" in text and "TaskPlugin=task/none" in text
+    assert "slurmctld slurmd slurm-client munge" in text.replace("(", "").replace(")", "")
     bash = shutil.which("bash")
     if bash:
-        subprocess.run([bash, "-n", str(GPU_SBATCH)], check=True)
+        subprocess.run([bash, "-n", str(SLURM_LOCAL)], check=True)
 
 
 # -- UI snapshot script ---------------------------------------------------------------------

@@ -47,14 +47,13 @@ def _score(scoring: str, logit: np.ndarray, y01: np.ndarray) -> float:
     return float((ranks[pos].sum() - n1 * (n1 + 1) / 2) / (n1 * (y01.size - n1)))
 
 
-def _l1_logistic(C: float, max_iter: int, tol: float, random_state, warm_start: bool = False):
+def _l1_logistic(C: float, max_iter: int, tol: float, random_state: int | None):
     """L1 logistic regression, across sklearn versions.
 
     liblinear's coordinate descent is one to two orders of magnitude faster than saga on
     radiomics-shaped data (a few hundred cases, hundreds of correlated features), which
     matters with 10 folds x 50 penalties. liblinear penalises the intercept like a weight;
-    a large ``intercept_scaling`` makes that penalty negligible. ``warm_start`` is accepted
-    for the caller's convenience and ignored by liblinear.
+    a large ``intercept_scaling`` makes that penalty negligible.
     """
     kwargs = dict(
         C=C,
@@ -208,7 +207,7 @@ class LassoSelector(SelectorMixin, BaseEstimator):
         folds = list(splitter.split(X, y01))
         fold_scores = []
         for fold, (train, test) in enumerate(folds, start=1):
-            model = _l1_logistic(grid[0], self.max_iter, self.tol, self.random_state, True)
+            model = _l1_logistic(grid[0], self.max_iter, self.tol, self.random_state)
             scores = np.empty(grid.size)
             for i, C in enumerate(grid):
                 model.set_params(C=C).fit(X[train], y01[train])

@@ -83,10 +83,6 @@ def test_typed_refuses_a_value_that_does_not_fit_its_dtype():
         COHORT.typed(pd.DataFrame({"label": ["N1"]}))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="TableSpec.typed adds and casts columns in the caller's frame (reported to the lead)",
-)
 def test_typed_leaves_the_callers_frame_alone():
     frame = pd.DataFrame({"case_id": ["C1"], "manifest_row": [3.0]})
     QUARANTINE.typed(frame)
