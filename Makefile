@@ -9,6 +9,8 @@ DEMO_DIR ?= ./demo
 SHARED_DATA ?= $(abspath ../shared/data)
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export SLN_SHARED_DATA := $(SHARED_DATA)
+# Our module loggers (tasks.*) also reach the run logs in the Prefect UI.
+export PREFECT_LOGGING_EXTRA_LOGGERS := tasks
 
 .PHONY: install demo demo-busbra test test-fast lint format ui serve run backfill retrain \
 	validate cluster cluster-stop worker-gpu bench ui-snapshot clean slurm slurm-stop \

@@ -42,6 +42,9 @@ def synth(
     seed: int = typer.Option(0, help="Random seed; the same seed gives the same cohort"),
     repeat_share: float = typer.Option(0.3, help="Share of cases with reader-2/repeat masks"),
     preview: bool = typer.Option(False, help="Also write preview.png (a contact sheet)"),
+    dicom: bool = typer.Option(
+        False, help="Write ultrasound DICOM (spacing in its regions) and DICOM SEG masks"
+    ),
 ) -> None:
     """Write a synthetic two-site cohort (B-mode, colour Doppler, masks, labels)."""
     _setup_logging()
@@ -60,6 +63,7 @@ def synth(
         repeat_share=repeat_share,
         preview=preview,
         progress=progress,
+        dicom=dicom,
     )
     typer.echo(f"wrote {manifest}")
 
@@ -221,6 +225,10 @@ def demo(
     settings = _settings(
         store=store, **{k: v for k, v in cpu.items() if f"SLN_{k.upper()}" not in os.environ}
     )
+    from tasks.data.secrets import ENV, create_local_key
+
+    if not os.environ.get(ENV):  # synthetic patients only: a local key file under the store
+        create_local_key(settings.store)
 
     def pipeline() -> dict:
         typer.echo("== cohort flow: ingest, radiomics, embeddings")

@@ -28,7 +28,7 @@ def current_run_id(prefix: str) -> str:
     return f"{prefix}-{flow_run.id}" if flow_run.id else prefix
 
 
-@flow(name="cohort", log_prints=True, persist_result=True)
+@flow(name="cohort", log_prints=True, persist_result=False)
 def cohort(
     manifest: str | None = None,
     settings: Settings | None = None,
@@ -100,7 +100,7 @@ def cohort(
     return summary
 
 
-@flow(name="backfill", log_prints=True, persist_result=True)
+@flow(name="backfill", log_prints=True, persist_result=False)
 def backfill(
     exam_from: str,
     exam_to: str,

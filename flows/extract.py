@@ -65,22 +65,46 @@ def submit_embeddings(
 def commit_as_completed(
     submitted: Submitted, store: FeatureStore, run_id: str, force: bool = False
 ) -> Totals:
-    """Commit every chunk as it finishes; log cases done/total per kind."""
+    """Commit every chunk as it finishes; log cases done/total per kind.
+
+    A chunk whose worker died (OOM, node loss: Dask's ``KilledWorker`` once the scheduler
+    gives up on it) is resubmitted once, so one dead process does not fail the night; a
+    second death fails the run, and a plain re-run picks up what is left.
+    """
     logger = get_run_logger()
     totals = empty_totals()
     chunks = {kind: list(submitted.values()).count(kind) for kind in KINDS}
-    for future in as_completed(list(submitted)):
-        kind = submitted[future]
-        totals[kind].add(COMMITS[kind](future.result(), store, run_id, force))
-        done = totals[kind]
-        logger.info(
-            "%s: chunk %d/%d committed (%d cases so far)",
-            kind,
-            done.chunks,
-            chunks[kind],
-            done.cases + done.failed,
-        )
+    pending, resubmitted = dict(submitted), set()
+    while pending:
+        for future in as_completed(list(pending)):
+            kind = pending.pop(future)
+            try:
+                result = future.result()
+            except Exception as exc:
+                if not _worker_lost(exc) or future.task_run_id in resubmitted:
+                    raise
+                resubmitted.add(future.task_run_id)
+                future.wrapped_future.retry()
+                pending[future] = kind
+                logger.warning("%s: a worker died running a chunk; resubmitted once", kind)
+                continue
+            totals[kind].add(COMMITS[kind](result, store, run_id, force))
+            done = totals[kind]
+            logger.info(
+                "%s: chunk %d/%d committed (%d cases so far)",
+                kind,
+                done.chunks,
+                chunks[kind],
+                done.cases + done.failed,
+            )
     return totals
+
+
+def _worker_lost(exc: BaseException) -> bool:
+    from distributed import KilledWorker
+    from distributed.comm import CommClosedError
+
+    return isinstance(exc, KilledWorker | CommClosedError)
 
 
 @flow(name="extract-features", log_prints=True)

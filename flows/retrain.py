@@ -55,7 +55,7 @@ def train_and_embed(settings: Settings, run_id: str, table_versions: dict) -> di
     return {"cnn": meta, "embeddings": totals["embeddings"]}
 
 
-@flow(name="retrain", log_prints=True, persist_result=True)
+@flow(name="retrain", log_prints=True, persist_result=False)
 def retrain(settings: Settings | None = None, promote_champion: bool = True) -> dict:
     """Retrain on the current cohort's training split and evaluate on every split.
 

@@ -25,7 +25,7 @@ from tasks.models.features import load_features_task
 from tasks.models.registry import champion_task, load_bundle_task
 
 
-@flow(name="validate", log_prints=True, persist_result=True)
+@flow(name="validate", log_prints=True, persist_result=False)
 def validate(settings: Settings | None = None, auc_floor: float | None = None):
     """Score the champion on every current case; evaluate the labelled ones.
 

@@ -122,6 +122,12 @@ class Settings(BaseSettings):
         PROJECT_ROOT / ".slurm" / "jobs",
         description="Job stdout/stderr files (a folder the compute nodes can write)",
     )
+    icc_min_repeats: int = Field(
+        20, ge=2, description="Training cases a repeat set needs before the ICC filter uses it"
+    )
+    drift_permutations: int = Field(
+        500, ge=50, description="Resamples of the drift null (per site, per split)"
+    )
 
     @field_validator("data_roots", mode="before")
     @classmethod

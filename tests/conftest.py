@@ -21,6 +21,23 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def pseudonym_key() -> bytes:
+    """A fresh pseudonymisation key for the session, in the environment as a deployment
+    would set it (subprocesses inherit it). Tests of a missing key unset it themselves."""
+    import secrets
+
+    from tasks.data.secrets import ENV
+
+    saved = os.environ.get(ENV)
+    os.environ[ENV] = secrets.token_hex(32)
+    yield os.environ[ENV].encode()
+    if saved is None:
+        os.environ.pop(ENV, None)
+    else:
+        os.environ[ENV] = saved
+
+
 @pytest.fixture(scope="session")
 def free_tcp_port():
     """A function returning a free loopback port."""

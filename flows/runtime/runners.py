@@ -58,7 +58,7 @@ def local_cluster(n_workers: int = 2, gpu_workers: int = 1, memory_limit: str = 
         workers[name] = {"cls": Nanny, "options": options}
     scheduler = {
         "cls": Scheduler,
-        "options": {"host": "127.0.0.1", "dashboard_address": ":0"},
+        "options": {"host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"},
     }
     # glibc reads MALLOC_* at process start: they must be in the nanny's pre-spawn env.
     pre_spawn = {**dask.config.get("distributed.nanny.pre-spawn-environ"), **MALLOC_ENV}

@@ -10,11 +10,12 @@ two ``SLURMCluster`` objects would be two schedulers, and a flow talks to one. A
 worker process and one thread. :class:`PoolAdaptive` scales each pool with the tasks the
 scheduler holds (in this process): tasks annotated ``resources={"GPU": 1}`` count for the
 GPU pool, the others for the CPU pool, one job per unfinished task up to the pool's
-maximum. GPU jobs are asked for first, so on a small cluster the CNN's worker is not left
-queued behind CPU jobs. Jobs that have not started are cancelled first when the work
-shrinks; a running worker is retired (its results moved to another worker) only when it
-is idle, and never when it holds the last copy of a result. Closing the cluster, which the
-Prefect task runner does when the flow run ends, cancels every job.
+maximum (CPU jobs also at most what the partition runs at once, less the GPU jobs' cores
+where the partitions share nodes). GPU jobs are asked for first, so on a small cluster the
+CNN's worker is not left queued behind CPU jobs. Jobs that have not started are cancelled
+first when the work shrinks; a running worker is retired (its results moved to another
+worker) only when it is idle, and never when it holds the last copy of a result. Closing
+the cluster, which the Prefect task runner does when the flow run ends, cancels every job.
 
 Environment of the jobs, without ``--export=ALL``: non-secret settings (``SLN_*``,
 ``PREFECT_*``, ``AWS_*`` such as the endpoint and region, one-thread and malloc settings)
@@ -35,10 +36,11 @@ that flows reach through ``DASK_SCHEDULER_ADDRESS``.
 from __future__ import annotations
 
 import itertools
-import logging
 import math
 import os
+import re
 import shlex
+import subprocess
 import sys
 from pathlib import Path
 
@@ -48,10 +50,9 @@ from flows.runtime.runners import GPU_RESOURCE, WORKER_ENV
 from flows.runtime.tls import ensure_certs, security
 from tasks.config import PROJECT_ROOT, Settings
 
-logger = logging.getLogger(__name__)
-
 POOLS = ("gpu", "cpu")  # GPU jobs are asked for first
-# Passed by name only (#SBATCH --export=NAME): their values never enter a file.
+# Passed by name only (#SBATCH --export=NAME): their values never enter a file. Besides
+# these, any variable of the prefixes below whose name looks like a credential.
 SECRET_ENV = (
     "AWS_ACCESS_KEY_ID",
     "AWS_SECRET_ACCESS_KEY",
@@ -61,7 +62,8 @@ SECRET_ENV = (
     "PREFECT_API_AUTH_STRING",
     "MLFLOW_TRACKING_URI",
 )
-# Written as `export` lines into the job script.
+SECRET_NAME = re.compile(r"SECRET|PASSWORD|TOKEN|API_KEY|AUTH|CREDENTIAL|CONNECTION_URL")
+# What the workers get: these prefixes (plus WORKER_ENV), as `export` lines unless secret.
 PLAIN_PREFIXES = ("SLN_", "PREFECT_", "AWS_")
 # Where the flow process's Dask/Slurm client settings live; not the workers' business.
 NOT_FOR_WORKERS = ("SLN_CLUSTER", "DASK_SCHEDULER_ADDRESS")
@@ -74,16 +76,22 @@ def pool_of(name: object) -> str:
     return "gpu" if str(name).startswith("gpu-") else "cpu"
 
 
+def is_secret(name: str) -> bool:
+    return name in SECRET_ENV or bool(SECRET_NAME.search(name))
+
+
 def worker_env(environ: dict[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
     """What the worker jobs get: plain ``{name: value}`` and the names of secrets."""
     environ = dict(os.environ if environ is None else environ)
     plain = dict(WORKER_ENV)
-    for name, value in sorted(environ.items()):
-        if name in SECRET_ENV or name in NOT_FOR_WORKERS:
-            continue
-        if name.startswith(PLAIN_PREFIXES):
-            plain[name] = value
     secrets = [name for name in SECRET_ENV if environ.get(name)]
+    for name, value in sorted(environ.items()):
+        if name in NOT_FOR_WORKERS or name in SECRET_ENV or not name.startswith(PLAIN_PREFIXES):
+            continue
+        if is_secret(name):
+            secrets.append(name)
+        else:
+            plain[name] = value
     return plain, secrets
 
 
@@ -148,6 +156,39 @@ def cluster_kwargs(settings: Settings, environ: dict[str, str] | None = None) ->
     if settings.slurm_account:
         kwargs["account"] = settings.slurm_account
     return kwargs
+
+
+def partition_cpus(partition: str) -> dict[str, int]:
+    """``{node: CPUs}`` of a partition from ``sinfo``; empty when sinfo cannot tell."""
+    try:
+        out = subprocess.run(
+            ["sinfo", "-h", "-N", "-p", partition, "-o", "%N %c"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    nodes = {}
+    for line in out.splitlines():
+        name, _, cpus = line.partition(" ")
+        if cpus.strip().isdigit():
+            nodes[name] = int(cpus)
+    return nodes
+
+
+def cpu_job_cap(cpu_partition: str, gpu_partition: str, gpu_jobs: int) -> int | None:
+    """CPU jobs that can run at once (one core each), leaving cores for ``gpu_jobs`` when
+    the two partitions share nodes (as on ``make slurm``'s one node): more would only wait
+    in the queue, and a GPU job queued behind them would hold the CNN back until the
+    radiomics is done. None when sinfo cannot tell."""
+    cpu, gpu = partition_cpus(cpu_partition), partition_cpus(gpu_partition)
+    if not cpu:
+        return None
+    shared = sum(cores for node, cores in cpu.items() if node in gpu)
+    reserved = min(gpu_jobs, shared)
+    return max(1, sum(cpu.values()) - reserved)
 
 
 def adapt_kwargs(settings: Settings) -> dict:
@@ -231,6 +272,7 @@ class PoolAdaptive(Adaptive):
                 if targets[pool] > plan:
                     self.log.append((pool, "up", targets[pool]))
                     self.cluster.scale_pool(pool, targets[pool])
+                    await self.cluster  # submitted (sbatch) before the next pool's jobs
                 elif targets[pool] < plan:
                     candidates |= set(self.closable(pool, plan - targets[pool], candidates))
             # retire only what stayed a candidate for `wait_count` intervals in a row
@@ -262,6 +304,7 @@ def slurm_cluster_class():
 
         def __init__(self, *, gpu_queue: str = "gpu", gpu_directives=(), **kwargs):
             self._counters = {pool: itertools.count() for pool in POOLS}
+            self._gpu_queue = gpu_queue
             super().__init__(**kwargs)
             base = self._job_kwargs
             self._pool_options = {
@@ -327,6 +370,9 @@ def slurm_cluster_class():
             await super()._close()
 
         def adapt(self, minimum=0, maximum=math.inf, gpu_minimum=0, gpu_maximum=1, **kw):
+            queue = self._job_kwargs.get("queue")
+            cap = cpu_job_cap(queue, self._gpu_queue, gpu_maximum) if queue else None
+            maximum = min(maximum, cap) if cap is not None else maximum
             maximum = maximum if math.isinf(maximum) else int(maximum)
             return super().adapt(
                 Adaptive=PoolAdaptive,

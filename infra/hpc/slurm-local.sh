@@ -109,8 +109,9 @@ JobCompType=jobcomp/filetxt
 JobCompLoc=$D/log/jobcomp.log
 GresTypes=gpu
 NodeName=$HOST NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem Gres=gpu:1 State=UNKNOWN
-PartitionName=cpu Nodes=$HOST Default=YES MaxTime=INFINITE State=UP
-PartitionName=gpu Nodes=$HOST Default=NO MaxTime=INFINITE State=UP
+# Both partitions share the node: pending GPU jobs start first when a core frees.
+PartitionName=cpu Nodes=$HOST Default=YES MaxTime=INFINITE State=UP PriorityTier=1
+PartitionName=gpu Nodes=$HOST Default=NO MaxTime=INFINITE State=UP PriorityTier=2
 EOF
 }
 

@@ -76,10 +76,10 @@ class IngestReport:
 
 def ingest(manifest: str, store: FeatureStore, settings: Settings, run_id: str) -> IngestReport:
     """Validate a manifest and write ``cohort`` and ``quarantine`` (both insert-only)."""
+    stored = store.read(COHORT)  # patients' splits and case ids are checked against it
     validated = validate_manifest(
-        manifest, settings, run_id, progress=_log_progress("validated", every=50)
+        manifest, settings, run_id, progress=_log_progress("validated", every=50), stored=stored
     )
-    stored = store.read(COHORT)
     cohort = assign_splits(validated.cohort, stored, settings)
     new_versions = store.insert_new(COHORT, cohort)
     quarantine_new = store.insert_new(QUARANTINE, validated.quarantine)

@@ -36,6 +36,12 @@ MANIFEST_COLUMNS = (
     *FILE_COLUMNS,
     "pixel_spacing_mm",
 )
+# DICOM cine loops: the column naming the frame (1-based, as viewers number them) of each
+# image. Optional: a manifest of one-frame files (what the writers here emit) leaves them out.
+FRAME_COLUMNS = {"bmus_image": "bmus_frame", "cdus_image": "cdus_frame"}
+KNOWN_COLUMNS = (*MANIFEST_COLUMNS, *FRAME_COLUMNS.values())  # every column validation reads
+# Where a row's pixel_spacing_mm came from (tasks.data.validate decides).
+SPACING_SOURCES = ("manifest", "us_region", "pixel_spacing", "none")
 # Mask variants a manifest can give (variant -> column).
 MASK_VARIANTS = {
     "reader1": "bmus_mask",
@@ -92,6 +98,12 @@ def case_variants(case: Mapping[str, Any], perturb: bool) -> list[MaskVariant]:
         sha = _sha(case, source)
         out.append(MaskVariant(PERTURBED, source, perturbed_mask_sha(sha) if sha else None))
     return out
+
+
+def frame_column(column: str) -> str | None:
+    """The frame column that applies to a file column: its image's (a mask's is its image's)."""
+    image = FILE_COLUMNS.get(column) or column
+    return FRAME_COLUMNS.get(image)
 
 
 def _sha(case: Mapping[str, Any], column: str) -> str | None:

@@ -3,7 +3,8 @@
 Reads the validated ``cohort`` rows and the stored ``cohort`` table (the splits patients
 already have); writes nothing: returns the rows with every empty ``split`` filled and its
 ``split_source`` (``manifest``, ``store`` or ``derived``). Also finds patients whose
-manifest splits disagree (a leak between splits), which validation quarantines.
+splits would leak (:func:`check_patient_splits`: two splits in the manifest, or a manifest
+split against the store), which validation quarantines.
 """
 
 from __future__ import annotations
@@ -17,19 +18,63 @@ import pandas as pd
 from tasks.config import Settings
 
 
-def _check_patient_splits(records: Sequence[Mapping[str, object]]) -> list[str | None]:
-    """Per record, why it cannot be kept when its patient's cases span different splits
-    (they would leak between them); None for a record whose patient is in one split."""
-    splits: dict[str, set[str]] = {}
+def stored_splits(stored: pd.DataFrame) -> dict[str, set[str]]:
+    """``patient_key`` -> every split its stored case versions carry (one, unless the store
+    already leaks)."""
+    if stored is None or stored.empty:
+        return {}
+    rows = stored.dropna(subset=["split"])
+    return {
+        str(k): set(map(str, v)) for k, v in rows.groupby("patient_key")["split"].unique().items()
+    }
+
+
+def check_patient_splits(
+    records: Sequence[Mapping[str, object]], stored: pd.DataFrame | None = None
+) -> list[str | None]:
+    """Per record (``patient_key``, ``split``), why it cannot be kept without a leak, or None.
+
+    A patient's cases share one split, across the manifest and the store. A record is held
+    back when its patient, in this manifest, gives two splits, or gives a split for some
+    cases and none for others (which split the empty ones belong to would be a guess); when
+    the manifest's split differs from the split the patient's stored cases have; or when
+    the patient's stored cases already span splits. Never resolved silently: the caller
+    quarantines every such record with the reason.
+    """
+    known = stored_splits(stored) if stored is not None else {}
+    given: dict[str, set[str]] = {}
+    empty: set[str] = set()
     for record in records:
+        key = str(record["patient_key"])
         if record.get("split"):
-            splits.setdefault(str(record["patient_id"]), set()).add(str(record["split"]))
+            given.setdefault(key, set()).add(str(record["split"]))
+        else:
+            empty.add(key)
     out: list[str | None] = []
     for record in records:
-        seen = splits.get(str(record["patient_id"]), set())
-        leak = f"patient's cases span splits {', '.join(sorted(seen))} (leakage)"
-        out.append(leak if len(seen) > 1 else None)
+        key = str(record["patient_key"])
+        mine, theirs = given.get(key, set()), known.get(key, set())
+        if len(mine) > 1:
+            out.append(f"patient's cases in this manifest span splits {_names(mine)} (leakage)")
+        elif mine and key in empty:
+            out.append(
+                f"patient's cases in this manifest mix split {_names(mine)} with empty splits "
+                "(give all of them the same split, or none)"
+            )
+        elif len(theirs) > 1:
+            out.append(f"patient's stored cases already span splits {_names(theirs)} (leakage)")
+        elif mine and theirs and mine != theirs:
+            out.append(
+                f"manifest split {_names(mine)} conflicts with the patient's stored split "
+                f"{_names(theirs)} (leakage)"
+            )
+        else:
+            out.append(None)
     return out
+
+
+def _names(splits: set[str]) -> str:
+    return ", ".join(sorted(splits))
 
 
 def assign_splits(cohort: pd.DataFrame, stored: pd.DataFrame, settings: Settings) -> pd.DataFrame:
@@ -45,19 +90,25 @@ def assign_splits(cohort: pd.DataFrame, stored: pd.DataFrame, settings: Settings
     if not stored.empty:
         latest = stored.dropna(subset=["split"]).sort_values("ingested_at")
         known = dict(zip(latest["patient_key"], latest["split"], strict=True))
+    external = set(
+        cohort.loc[cohort["site"].isin(settings.validation_sites), "patient_key"].astype(str)
+    )
     todo = cohort["split"].isna()
     for i in cohort.index[todo]:
         key = cohort.at[i, "patient_key"]
         if key in known:
             cohort.at[i, "split"] = known[key]
             cohort.at[i, "split_source"] = "store"
-        elif cohort.at[i, "site"] in settings.validation_sites:
+        elif key in external:  # a patient seen at an external site is external throughout
             cohort.at[i, "split"] = "validation"
             cohort.at[i, "split_source"] = "derived"
     todo = cohort["split"].isna()
     if todo.any():
         cohort.loc[todo, "split"] = _train_test(cohort.loc[todo], settings)
         cohort.loc[todo, "split_source"] = "derived"
+    leaking = cohort.groupby("patient_key")["split"].nunique()
+    if (leaking > 1).any():  # validation quarantines these first; reaching here is a bug
+        raise ValueError(f"{int((leaking > 1).sum())} patient(s) would span splits")
     return cohort
 
 

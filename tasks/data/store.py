@@ -5,13 +5,20 @@ serves both. Tables: ``cohort``, ``quarantine``, ``radiomics``, ``embeddings``,
 ``predictions``, each at ``<root>/<table>``. Writes are keyed (new keys appended after an
 anti-join, replacements MERGEd), so re-running a step never duplicates rows, and every
 commit is a table version that training can pin.
+Every keyed write holds the table's store-level lease (:mod:`tasks.data.lease`) from its
+key read to its commit, so two runs on one store (a nightly and a backfill, two hosts)
+never both append the same key: the second waits, then finds the keys stored.
+A store that cannot be written (read-only, full, no permission) raises
+:class:`StoreWriteError` naming the store and the table.
 S3 settings come from the standard AWS environment variables (endpoint included); they are
 passed to delta-rs but never logged.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +27,7 @@ from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
 from tasks.data import uris
+from tasks.data.lease import lease
 from tasks.data.tables import TABLES, TableSpec
 
 _AWS_ENV = (
@@ -46,6 +54,10 @@ def s3_storage_options() -> dict[str, str]:
     # Safe concurrent commits without DynamoDB: S3 (and moto, MinIO) honour conditional PUT.
     options.setdefault("aws_conditional_put", os.environ.get("SLN_S3_CONDITIONAL_PUT", "etag"))
     return options
+
+
+class StoreWriteError(OSError):
+    """The store refuses a write (read-only, full, no permission): nothing was committed."""
 
 
 class FeatureStore:
@@ -94,16 +106,37 @@ class FeatureStore:
             return pd.DataFrame(columns=columns or [])
         return table.to_pyarrow_table(columns=columns).to_pandas(types_mapper=_nullable)
 
+    @contextlib.contextmanager
+    def writing(self, name: str) -> Iterator[None]:
+        """Hold ``name``'s lease; a refused write becomes a :class:`StoreWriteError`."""
+        try:
+            with lease(self.uri("_locks", f"{name}.lock"), f"store {self.root}, table {name}"):
+                yield
+        except StoreWriteError:
+            raise
+        except Exception as exc:
+            reason = _refusal(exc)
+            if reason is None:
+                raise
+            raise StoreWriteError(
+                f"store {self.root}: cannot write table {name} ({reason}); nothing was "
+                "committed, stored rows are unchanged"
+            ) from exc
+
     def insert_new(self, spec: TableSpec, frame: pd.DataFrame) -> int:
         """Insert rows whose keys (``spec.keys``) are not stored yet; returns how many.
 
         An anti-join on the stored key columns, then a plain append: a MERGE would scan
         every stored file (all feature columns) on each chunk's commit, which grows with
-        the table. The flows are the single writer of a store, so nothing slips in
-        between the key read and the append.
+        the table. The table's lease is held from the key read to the append, so a
+        concurrent writer cannot slip the same keys in between.
         """
         if frame.empty:
             return 0
+        with self.writing(spec.name):
+            return self._insert_new(spec, frame)
+
+    def _insert_new(self, spec: TableSpec, frame: pd.DataFrame) -> int:
         keys = list(spec.keys)
         frame = frame.drop_duplicates(subset=keys, keep="last")
         table = self.table(spec)
@@ -130,6 +163,10 @@ class FeatureStore:
         """Insert new keys and replace rows with existing keys (backfill with FORCE)."""
         if frame.empty:
             return {"inserted": 0, "updated": 0}
+        with self.writing(spec.name):
+            return self._upsert(spec, frame)
+
+    def _upsert(self, spec: TableSpec, frame: pd.DataFrame) -> dict[str, int]:
         keys = list(spec.keys)
         frame = frame.drop_duplicates(subset=keys, keep="last")
         data = pa.Table.from_pandas(frame, preserve_index=False)
@@ -160,7 +197,36 @@ class FeatureStore:
     # -- objects (reports, models, images) ---------------------------------------------
     def write_bytes(self, data: bytes, *parts: str) -> str:
         """Write an object under the root (atomically: see :func:`uris.write_bytes`)."""
-        return uris.write_bytes(self.uri(*parts), data)
+        try:
+            return uris.write_bytes(self.uri(*parts), data)
+        except OSError as exc:
+            reason = _refusal(exc)
+            if reason is None:
+                raise
+            raise StoreWriteError(
+                f"store {self.root}: cannot write {'/'.join(parts)} ({reason})"
+            ) from exc
+
+
+_REFUSALS = {
+    "read-only": "the store is read-only",
+    "permission denied": "permission denied",
+    "no space left": "the store is full",
+    "quota": "the store's quota is exceeded",
+    "accessdenied": "access denied",
+    "access denied": "access denied",
+}
+
+
+def _refusal(exc: BaseException) -> str | None:
+    """Why the store refused a write, when the error says so (else None: not ours)."""
+    if isinstance(exc, PermissionError):
+        return "permission denied"
+    text = str(exc).lower()
+    for needle, reason in _REFUSALS.items():
+        if needle in text:
+            return reason
+    return None
 
 
 def _name(spec: TableSpec | str) -> str:

@@ -59,6 +59,9 @@ COHORT = _spec(
         **{col: "string" for col in FILE_COLUMNS},
         **{f"{col}_sha256": "string" for col in FILE_COLUMNS},
         "pixel_spacing_mm": "float64",
+        "pixel_spacing_source": "string",  # manifest | us_region | pixel_spacing | none
+        "bmus_frame": "Int64",  # DICOM cine loops: the frame measured (1-based)
+        "cdus_frame": "Int64",
         "manifest": "string",
         "run_id": "string",
         "ingested_at": _UTC,

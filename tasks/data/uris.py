@@ -72,9 +72,23 @@ def open_file(uri: str, mode: str = "rb"):
     return fsspec.open(uri, mode).open()
 
 
+class StorageError(OSError):
+    """The storage failed (unreachable, timed out, refused), not the file: retry, never
+    quarantine as bad input."""
+
+
 def exists(uri: str) -> bool:
-    fs, path = fsspec.core.url_to_fs(uri)
-    return fs.isfile(path)
+    """True for a file, False when nothing (or a folder) is there; :class:`StorageError`
+    when the storage cannot say (fsspec's ``isfile`` would answer False to any error, so a
+    network hiccup would read as "file not found")."""
+    try:
+        fs, path = fsspec.core.url_to_fs(uri)
+        info = fs.info(path)
+    except (FileNotFoundError, NotADirectoryError):
+        return False
+    except Exception as exc:
+        raise StorageError(f"storage error checking {uri}: {type(exc).__name__}: {exc}") from exc
+    return info.get("type") == "file"
 
 
 def sha256(uri: str) -> str:

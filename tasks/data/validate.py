@@ -5,11 +5,18 @@ name (under the configured data roots). Writes nothing: returns a :class:`Valida
 typed ``cohort`` rows (one per valid case version, with resolved paths and content hashes)
 and the ``quarantine`` rows (one per problem: case, column, file, reason). A bad row never
 stops the run; only a manifest that cannot be read at all raises :class:`ManifestError`.
+
+DICOM images (:mod:`tasks.data.dicom`) are checked header first: a cine loop needs its
+frame column (``bmus_frame``, ``cdus_frame``), and the pixel size comes from the file
+when the manifest has none (the ultrasound region holding the lesion, else PixelSpacing);
+``pixel_spacing_source`` records which. A manifest value more than 5% off the file's is
+held back with both values.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
@@ -21,10 +28,11 @@ import pandas as pd
 import SimpleITK as sitk
 
 from tasks.config import Settings
-from tasks.data import uris
+from tasks.data import dicom, uris
 from tasks.data.quarantine import quarantine_frame
-from tasks.data.schema import FILE_COLUMNS, REQUIRED_COLUMNS, SPLITS
-from tasks.data.splits import _check_patient_splits
+from tasks.data.schema import FILE_COLUMNS, FRAME_COLUMNS, REQUIRED_COLUMNS, SPLITS, frame_column
+from tasks.data.secrets import pseudonym_key
+from tasks.data.splits import check_patient_splits
 from tasks.data.tables import COHORT
 
 
@@ -79,9 +87,13 @@ def read_manifest(manifest: str) -> pd.DataFrame:
     return frame
 
 
-def pseudonymise(patient_id: str, seed: int) -> str:
-    """A stable key for grouping splits by patient that does not reveal the patient id."""
-    return hashlib.sha256(f"sln-patient:{seed}:{patient_id}".encode()).hexdigest()[:16]
+def pseudonymise(patient_id: str, key: bytes) -> str:
+    """A stable key for grouping splits by patient that does not reveal the patient id.
+
+    HMAC-SHA256 with the secret pseudonymisation key (:mod:`tasks.data.secrets`): without
+    the key, a short id (a 7-digit MRN) cannot be found by hashing every candidate.
+    """
+    return hmac.new(key, f"sln-patient:{patient_id}".encode(), hashlib.sha256).hexdigest()[:32]
 
 
 def _parse_label(value: object) -> int | None:
@@ -114,11 +126,60 @@ def _parse_spacing(value: object) -> float | None:
     return spacing
 
 
-def _read_array(uri: str) -> np.ndarray:
-    """Read an image file into a numpy array (SimpleITK; object stores via a temp copy)."""
+SPACING_TOLERANCE = 0.05  # a manifest spacing this far from the file's is a wrong value
+
+
+def _parse_frame(value: object, column: str) -> int | None:
+    if _empty(value):
+        return None
+    try:
+        number = float(str(value).strip())
+    except ValueError:
+        number = float("nan")
+    if not number.is_integer() or number < 1:
+        raise ValueError(f"{column} must be a frame number (1 = first), got {value!r}")
+    return int(number)
+
+
+def _read_array(uri: str, frame: object = None, frame_col: str = "bmus_frame") -> np.ndarray:
+    """Read an image file into a numpy array (SimpleITK; object stores via a temp copy;
+    DICOM: the manifest's frame, colour models converted)."""
     from tasks.features.imaging import read_image  # imaging owns the one way to read pixels
 
-    return sitk.GetArrayFromImage(read_image(uri))
+    return sitk.GetArrayFromImage(read_image(uri, frame, frame_col))
+
+
+def _spacing(record: dict[str, object], mask: np.ndarray | None, problems: list[Problem]) -> None:
+    """Set ``pixel_spacing_mm`` and ``pixel_spacing_source``: the manifest's value, else the
+    B-mode DICOM file's (the ultrasound region holding the lesion, else PixelSpacing)."""
+    given = record.get("pixel_spacing_mm")
+    record["pixel_spacing_source"] = "none" if given is None else "manifest"
+    image = record.get("bmus_image")
+    if not image or not dicom.is_dicom(str(image)):
+        return
+    try:
+        header = dicom.read_header(str(image))
+        pair, source = dicom.file_spacing(header, None if mask is None else dicom.mask_box(mask))
+        found = None if pair is None else dicom.square_spacing(pair)
+    except dicom.DicomError as exc:
+        if given is None:  # non-square pixels matter only when the file's spacing is used
+            problems.append(Problem(exc.column or "bmus_image", exc.reason, str(image)))
+        return
+    if found is None:
+        return
+    if given is None:
+        record["pixel_spacing_mm"], record["pixel_spacing_source"] = found, source
+    elif abs(float(given) - found) > SPACING_TOLERANCE * found:
+        where = "ultrasound region" if source == "us_region" else "PixelSpacing"
+        problems.append(
+            Problem(
+                "pixel_spacing_mm",
+                f"pixel_spacing_mm {given:g} disagrees with the file's {found:.6g} mm "
+                f"({where}) by more than {SPACING_TOLERANCE:.0%}: correct the manifest value "
+                "or leave it empty to use the file's",
+                str(image),
+            )
+        )
 
 
 def _unreadable(exc: BaseException) -> str:
@@ -174,6 +235,12 @@ def validate_row(row: Mapping[str, object], base: str, roots: list[str]) -> Resu
                 f"pixel_spacing_mm must be a positive number, got {row.get('pixel_spacing_mm')!r}",
             )
         )
+    for col in FRAME_COLUMNS.values():
+        try:
+            record[col] = _parse_frame(row.get(col), col)
+        except ValueError as exc:
+            problems.append(Problem(col, str(exc)))
+            record[col] = None
     split = row.get("split")
     if _empty(split):
         record["split"] = None
@@ -198,7 +265,18 @@ def validate_row(row: Mapping[str, object], base: str, roots: list[str]) -> Resu
             if not uris.exists(uri):
                 problems.append(Problem(col, "file not found", uri))
                 continue
-            array = _read_array(uri)
+            frame_col = frame_column(col) or "bmus_frame"
+            frame = record.get(frame_col)
+            one_frame = image_col is None and not dicom.is_dicom(uri)
+            if frame is not None and frame != 1 and one_frame:
+                problems.append(Problem(frame_col, f"{frame_col} given for a one-frame file", uri))
+                continue
+            array = _read_array(uri, frame, frame_col)
+        except dicom.DicomError as exc:
+            problems.append(Problem(exc.column or col, exc.reason[:300], uri))
+            continue
+        except uris.StorageError:
+            raise  # the storage failed, not the file: the ingest task retries
         except Exception as exc:
             problems.append(Problem(col, _unreadable(exc), uri))
             continue
@@ -214,15 +292,29 @@ def validate_row(row: Mapping[str, object], base: str, roots: list[str]) -> Resu
         arrays[col] = array
         record[col] = uri
         record[f"{col}_sha256"] = uris.sha256(uri)
+    if "bmus_image" in arrays:
+        _spacing(record, arrays.get("bmus_mask"), problems)
+    else:
+        record["pixel_spacing_source"] = None
     return record, problems
 
 
-def case_version(record: Mapping[str, object]) -> str:
-    """Identity of one version of a case: its files' content and its clinical fields."""
+def _version_payload(record: Mapping[str, object]) -> str:
     keys = ["site", "patient_id", "exam_date", "label", "split", "pixel_spacing_mm"]
+    # Frames only when given, so a PNG case keeps the version it had before they existed.
+    keys += [col for col in FRAME_COLUMNS.values() if record.get(col) is not None]
     keys += [f"{col}_sha256" for col in FILE_COLUMNS]
-    payload = json.dumps({k: record.get(k) for k in keys}, sort_keys=True, default=str)
-    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+    return json.dumps({k: record.get(k) for k in keys}, sort_keys=True, default=str)
+
+
+def case_version(record: Mapping[str, object], key: bytes) -> str:
+    """Identity of one version of a case: its files' content and its clinical fields.
+
+    Keyed (HMAC) like the pseudonym: the payload holds the raw ``patient_id``, which the
+    other fields of a stored row would otherwise let anyone recover by trial.
+    """
+    payload = _version_payload(record)
+    return hmac.new(key, payload.encode(), hashlib.sha256).hexdigest()[:20]
 
 
 def _check_duplicates(results: list[Result]) -> None:
@@ -235,7 +327,7 @@ def _check_duplicates(results: list[Result]) -> None:
     for case, idx in by_case.items():
         if len(idx) < 2:
             continue
-        versions = {case_version(results[i][0]) for i in idx}
+        versions = {_version_payload(results[i][0]) for i in idx}
         held = idx[1:] if len(versions) == 1 else idx
         for i in held:
             what = "repeats" if len(versions) == 1 else "conflicts with"
@@ -245,14 +337,40 @@ def _check_duplicates(results: list[Result]) -> None:
             )
 
 
+def _check_stored_cases(results: list[Result], stored: pd.DataFrame | None, key: bytes) -> None:
+    """A ``case_id`` the store already holds for another patient or another site is held
+    back: a new version of a case may change its files or clinical fields, not whose or
+    where it is (two different cases under one id would mix their features and splits)."""
+    if stored is None or stored.empty:
+        return
+    latest = stored.sort_values("ingested_at").drop_duplicates("case_id", keep="last")
+    owner = latest.set_index("case_id")[["patient_key", "site"]].to_dict("index")
+    for record, problems in results:
+        held = owner.get(str(record["case_id"])) if record["case_id"] else None
+        if held is None:
+            continue
+        if held["patient_key"] != pseudonymise(str(record["patient_id"]), key):
+            what = "another patient"
+        elif record["site"] is not None and held["site"] != record["site"]:
+            what = f"site {held['site']}"
+        else:
+            continue
+        problems.append(
+            Problem("case_id", f"case_id {record['case_id']} is already stored for {what}")
+        )
+
+
 def validate_manifest(
     manifest: str,
     settings: Settings,
     run_id: str,
     progress: Callable[[int, int], None] | None = None,
+    stored: pd.DataFrame | None = None,
 ) -> Validated:
     """Validate every row of a manifest; never raises for a bad row, only for an unreadable
-    manifest."""
+    manifest. ``stored``: the ``cohort`` table so far (its patients' splits and its case ids
+    are checked against; None: a manifest judged on its own)."""
+    key = pseudonym_key(settings.store)  # before anything is read: no key, no run
     manifest = manifest if uris.is_uri(manifest) else uris.resolve(manifest, ".")
     frame = read_manifest(manifest)
     base = uris.parent(manifest)
@@ -289,7 +407,12 @@ def validate_manifest(
                 progress(done, len(rows))
 
     _check_duplicates(results)
-    leaks = _check_patient_splits([record for record, _ in results])
+    _check_stored_cases(results, stored, key)
+    keyed = [
+        {"patient_key": pseudonymise(str(r["patient_id"]), key), "split": r.get("split")}
+        for r, _ in results
+    ]
+    leaks = check_patient_splits(keyed, stored)
     for (_, problems), leak in zip(results, leaks, strict=True):
         if leak:
             problems.append(Problem("split", leak))
@@ -312,8 +435,8 @@ def validate_manifest(
                     }
                 )
             continue
-        record["case_version"] = case_version(record)
-        record["patient_key"] = pseudonymise(str(record.pop("patient_id")), settings.seed)
+        record["case_version"] = case_version(record, key)
+        record["patient_key"] = pseudonymise(str(record.pop("patient_id")), key)
         record["split_source"] = "manifest" if record["split"] else None
         good.append(record)
 

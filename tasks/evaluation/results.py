@@ -10,7 +10,9 @@ the data leave undefined is NaN. Field names and order are those of ``report.jso
 attribute it is given as the field's ``json`` metadata.
 
 Keys used throughout: model names are those of :data:`tasks.models.pipelines.MODELS`,
-splits those of :data:`tasks.data.schema.SPLITS`, sites as in the cohort.
+sets those of :data:`EVALUATION_SETS` (the splits of :data:`tasks.data.schema.SPLITS`, and
+``training_new`` in a validate run: training-split cases the champion was not fitted on),
+sites as in the cohort.
 """
 
 from __future__ import annotations
@@ -19,6 +21,14 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 Interval = tuple[float, float]  # (lo, hi); (nan, nan) where undefined
+
+# The sets a report shows, in order. "training_new": cases of the training split added after
+# the scored model was fitted (a validate run); the model never saw them.
+EVALUATION_SETS = ("training", "training_new", "validation", "testing")
+# Per-site metrics are shown only where a site has this many cases of a set, and this many
+# of each class: below that an AUC's interval spans most of [0, 1].
+SITE_MIN_N = 20
+SITE_MIN_CLASS = 5
 
 
 @dataclass(frozen=True)
@@ -112,20 +122,47 @@ class RocCurve:
 
 
 @dataclass(frozen=True)
+class SiteMetrics:
+    """One model at one site within one set; ``enough`` False (and the AUC NaN) where the
+    site has fewer than :data:`SITE_MIN_N` cases or :data:`SITE_MIN_CLASS` of a class."""
+
+    n: int
+    n_pos: int
+    n_neg: int
+    tp: int
+    fp: int
+    tn: int
+    fn: int
+    auc: float
+    auc_ci: Interval
+    enough: bool
+    note: str  # "" or why no AUC is shown ("too few: ...")
+
+
+@dataclass(frozen=True)
 class FeaturePsi:
     feature: str
     psi: float
+    p: float = float("nan")  # permutation p-value of this feature's PSI
+    flagged: bool = False  # PSI above the site's critical value (family-wise at alpha)
 
 
 @dataclass(frozen=True)
 class SiteDrift:
-    """Population stability index of the model's input features, one site against training."""
+    """PSI of the model's selected input features, one site of one set against training,
+    with a critical value from a permutation null (:func:`~tasks.evaluation.metrics.drift.
+    psi_permutation_test`): a feature is flagged only when its PSI exceeds what resampling
+    training and the site together gives in 1 - alpha of draws, for every feature at once."""
 
-    n: int  # cases at the site
+    n: int  # cases at the site in this set
     psi_max: float
     psi_mean: float
-    features_over_0_25: int
+    features_flagged: int
+    critical: float  # the PSI a feature must exceed to be flagged
     top: tuple[FeaturePsi, ...]  # largest PSI first
+    model: str = ""  # whose input features
+    features: int = 0  # how many were tested
+    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -138,6 +175,10 @@ class CohortFlow:
     per_site: dict[str, int]
     labelled: int
     unlabelled: int
+    exam_dates: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)  # per split
+    manifests: dict[str, tuple[str, ...]] = field(default_factory=dict)  # per split
+    quarantine_reasons: dict[str, int] = field(default_factory=dict)  # reason -> cases
+    patients: dict[str, int] = field(default_factory=dict)  # per split
 
 
 @dataclass(frozen=True)
@@ -166,16 +207,19 @@ class Evaluation:
 
     ``calibration`` and ``decision_curves`` hold the sets with both classes only; ``roc``
     and ``models`` every set with labelled cases; ``delong`` is keyed split -> comparison
-    (``"COMB_vs_ONLY_HF"``). ``versions`` is the feature data's lineage (table versions,
-    params hash, CNN model version, ...) plus what the flow adds (CNN or champion
-    version). ``checks`` is set by the validate flow (:meth:`with_checks`).
+    (``"COMB_vs_ONLY_HF"``). ``per_site`` is keyed set -> site -> model, ``drift`` set ->
+    site (validation and testing sites against training). ``model_fits``: per model, how
+    it was fitted (penalty, LASSO rule and fallback, ICC sets and n, intercept);
+    ``decision_sets``: which set served which decision. ``versions`` is the feature
+    data's lineage (table versions, params hash, CNN model version, ...) plus what the flow
+    adds (CNN or champion version). ``checks`` is set by the validate flow (:meth:`with_checks`).
     """
 
     run_id: str
     kind: str  # "retrain" or "validate"
     created_at: str  # ISO 8601, UTC, seconds
     models: dict[str, dict[str, ModelSetMetrics]]
-    per_site: dict[str, dict[str, ModelSetMetrics]]
+    per_site: dict[str, dict[str, dict[str, SiteMetrics]]]
     delong: dict[str, dict[str, DelongTest]]
     calibration: dict[str, dict[str, Calibration]]
     decision_curves: dict[str, dict[str, tuple[NetBenefit, ...]]]
@@ -183,9 +227,11 @@ class Evaluation:
     thresholds: dict[str, float]
     selected_features: dict[str, dict[str, float]]  # model -> feature -> coefficient
     notes: tuple[str, ...]
-    drift: dict[str, SiteDrift]  # site -> drift against training
+    drift: dict[str, dict[str, SiteDrift]]  # set -> site -> drift against training
     cohort_flow: CohortFlow
     versions: dict[str, Any]
+    model_fits: dict[str, dict[str, Any]] = field(default_factory=dict)
+    decision_sets: dict[str, str] = field(default_factory=dict)
     checks: Checks | None = None
 
     def with_checks(self, checks: Checks) -> Evaluation:

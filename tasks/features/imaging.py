@@ -1,7 +1,8 @@
 """Imaging step: read B-mode images and masks, and build the regions radiomics measures.
 
-Reads image and mask files (PNG/JPEG/BMP, DICOM, NIfTI/NRRD; local paths or fsspec URIs
-such as ``s3://``) through SimpleITK and turns one ``cohort`` row into :class:`Region`
+Reads image and mask files (PNG/JPEG/BMP, NIfTI/NRRD through SimpleITK; ultrasound DICOM,
+cine loops and DICOM SEG masks through :mod:`tasks.data.dicom`; local paths or fsspec URIs
+such as ``s3://``) and turns one ``cohort`` row into :class:`Region`
 objects: the lesion (intratumoral) and a peritumoral ring around it, for every mask
 variant the row has (reader 1, reader 2, repeat delineation) and, when asked, for a
 perturbed reader-1 mask (:func:`perturb_mask`), the repeat of a case that has no real
@@ -22,8 +23,14 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from tasks.data import uris
-from tasks.data.schema import GENERATED_VARIANTS, MaskVariant, case_variants, known
+from tasks.data import dicom, uris
+from tasks.data.schema import (
+    GENERATED_VARIANTS,
+    MaskVariant,
+    case_variants,
+    frame_column,
+    known,
+)
 
 # ITU-R BT.601 luma weights, as PIL's "L" mode: the grey a scanner's RGB export came from.
 LUMA = np.array([0.299, 0.587, 0.114])
@@ -65,8 +72,17 @@ def _suffix(uri: str) -> str:
     return PurePosixPath(name).suffix
 
 
-def read_image(uri: str) -> sitk.Image:
-    """Read an image from a local path or an fsspec URI (object stores via a temp copy)."""
+def read_image(uri: str, frame: Any = None, frame_col: str = "bmus_frame") -> sitk.Image:
+    """Read an image from a local path or an fsspec URI (object stores via a temp copy).
+
+    A DICOM file gives one 2D frame as a PNG would (grey or RGB; ``frame`` is the
+    manifest's 1-based ``frame_col`` value, needed for a cine loop), a DICOM SEG its
+    lesion mask for that frame: :func:`tasks.data.dicom.read_pixels`. Other files ignore
+    ``frame``.
+    """
+    if dicom.is_dicom(str(uri)):
+        array = dicom.read_pixels(str(uri), frame, frame_col)
+        return sitk.GetImageFromArray(array, isVector=array.ndim == 3)
     if not uris.is_uri(uri):
         return sitk.ReadImage(str(uri))
     fd, tmp = tempfile.mkstemp(suffix=_suffix(uri))
@@ -112,13 +128,16 @@ def to_grey(img: sitk.Image) -> sitk.Image:
     return _like(grey.astype(np.float32), img)
 
 
-def read_mask(uri: str, like: sitk.Image) -> sitk.Image:
+def read_mask(
+    uri: str, like: sitk.Image, frame: Any = None, frame_col: str = "bmus_frame"
+) -> sitk.Image:
     """Binary uint8 mask (any nonzero -> 1) on the grid of image ``like``.
 
-    0/1 and 0/255 PNGs both work; an RGB mask uses its first channel. Spacing, origin and
-    direction are copied from the image, since mask PNGs carry no geometry of their own.
+    0/1 and 0/255 PNGs both work; an RGB mask uses its first channel; a DICOM SEG gives
+    its segmentation of the image's ``frame``. Spacing, origin and direction are copied
+    from the image, since mask PNGs carry no geometry of their own.
     """
-    img = as_2d(read_image(uri))
+    img = as_2d(read_image(uri, frame, frame_col))
     array = sitk.GetArrayViewFromImage(img)
     if img.GetNumberOfComponentsPerPixel() > 1:
         array = array[..., 0]
@@ -176,9 +195,15 @@ def peritumoral_ring(
     return _like(ring.astype(np.uint8), mask)
 
 
-def _read_grey(uri: str, column: str, spacing: float | None) -> sitk.Image:
+def case_frame(case: Mapping[str, Any], column: str) -> tuple[Any, str]:
+    """The frame value and frame column that apply to a row's file ``column`` (cine loops)."""
+    frame_col = frame_column(column) or "bmus_frame"
+    return case_value(case, frame_col), frame_col
+
+
+def _read_grey(uri: str, column: str, spacing: float | None, frame: Any = None) -> sitk.Image:
     try:
-        return set_spacing(to_grey(read_image(uri)), spacing)
+        return set_spacing(to_grey(read_image(uri, frame, frame_column(column) or "")), spacing)
     except (RuntimeError, ValueError, OSError) as exc:
         raise InputError(uri, f"unreadable image: {error_reason(exc)}", column) from exc
 
@@ -280,7 +305,7 @@ def variant_mask(case: Mapping[str, Any], variant: MaskVariant, like: sitk.Image
     """
     uri = str(case[variant.column])
     try:
-        mask = read_mask(uri, like)
+        mask = read_mask(uri, like, *case_frame(case, variant.column))
     except (RuntimeError, ValueError, OSError) as exc:
         raise InputError(uri, f"unusable mask: {error_reason(exc)}", variant.column) from exc
     if variant.name not in GENERATED_VARIANTS:
@@ -304,7 +329,8 @@ def case_regions(
     """
     spacing = case_value(case, "pixel_spacing_mm")
     spacing = None if spacing is None else float(spacing)
-    image = _read_grey(str(case["bmus_image"]), "bmus_image", spacing)
+    frame = case_value(case, "bmus_frame")
+    image = _read_grey(str(case["bmus_image"]), "bmus_image", spacing, frame)
     regions: list[Region] = []
     for variant in case_variants(case, perturb):
         mask = variant_mask(case, variant, image)

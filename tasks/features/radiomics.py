@@ -20,10 +20,8 @@ import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
-import pandas as pd
 import pykwalify.core
 import pykwalify.errors
 import radiomics
@@ -34,10 +32,15 @@ from prefect.cache_policies import NO_CACHE
 from radiomics import featureextractor, getParameterValidationFiles
 
 from tasks.config import Settings
-from tasks.data.store import FeatureStore
 from tasks.data.tables import RADIOMICS
 from tasks.features.imaging import InputError, Region, case_regions, error_reason
 from tasks.features.plan import ChunkResult, CommitCounts, Plan, Window, commit_chunk, plan_cases
+from tasks.features.radiomics_shared import SharedImage, log_sigmas, log_size_problem
+
+if TYPE_CHECKING:  # the store side runs in the flow process; workers need not load it
+    import pandas as pd
+
+    from tasks.data.store import FeatureStore
 
 logger = logging.getLogger(__name__)
 
@@ -216,10 +219,16 @@ def make_extractor(params: Mapping[str, Any]) -> featureextractor.RadiomicsFeatu
 
 
 def extract_region(
-    extractor: featureextractor.RadiomicsFeatureExtractor, region: Region
+    extractor: featureextractor.RadiomicsFeatureExtractor,
+    region: Region,
+    image: SharedImage | None = None,
 ) -> dict[str, Any]:
-    """Features of one region: pyradiomics name -> float, plus the kept diagnostics."""
-    result = extractor.execute(region.image, region.mask)
+    """Features of one region: pyradiomics name -> float, plus the kept diagnostics; with
+    ``image`` (the region's image, filtered once) the values of ``execute``, without it."""
+    if image is not None and image.image is region.image:
+        result = image.measure(region.mask)
+    else:
+        result = extractor.execute(region.image, region.mask)
     row: dict[str, Any] = {}
     for name, value in result.items():
         if name in DIAGNOSTICS:
@@ -231,28 +240,10 @@ def extract_region(
     return row
 
 
-def _log_sigmas(params: Mapping[str, Any]) -> list[float]:
-    image_types = params.get("imageType") or {}
-    if "LoG" not in image_types:
-        return []
-    log_settings = image_types["LoG"] or {}
-    return list(log_settings.get("sigma") or (params.get("setting") or {}).get("sigma") or [])
-
-
 def _check_log_size(
-    case_id: str, case: Mapping[str, Any], region: Region, sigmas: list[float]
+    case_id: str, case: Mapping[str, Any], region: Region, params: Mapping[str, Any]
 ) -> None:
-    # pyradiomics silently skips a LoG sigma when the image is smaller than its kernel
-    # (size < sigma / spacing + 1), which would give this case fewer columns than the rest.
-    if not sigmas:
-        return
-    size = np.array(region.image.GetSize())
-    spacing = np.array(region.image.GetSpacing())
-    if not np.all(size >= np.ceil(max(sigmas) / spacing) + 1):
-        reason = (
-            f"image size {tuple(size)} too small for LoG sigma {max(sigmas)} at spacing "
-            f"{tuple(spacing)}"
-        )
+    if reason := log_size_problem(region.image, log_sigmas(params)):
         raise ExtractionError(case_id, str(case["bmus_image"]), reason, "bmus_image")
 
 
@@ -279,11 +270,12 @@ def extract_case(
         raise ExtractionError(case_id, exc.file, exc.reason, exc.column) from exc
     if not regions:
         raise ExtractionError(case_id, case.get("bmus_mask"), "no mask to measure", "bmus_mask")
-    _check_log_size(case_id, case, regions[0], _log_sigmas(params))
+    _check_log_size(case_id, case, regions[0], params)
     rows = []
+    shared = SharedImage(extractor, regions[0].image)  # case_regions reads the image once
     for region in regions:
         try:
-            features = extract_region(extractor, region)
+            features = extract_region(extractor, region, shared)
         except Exception as exc:  # any pyradiomics failure quarantines the case, not the run
             failure = error_reason(exc, with_type=True)
             reason = f"{region.region} ({region.mask_variant}) extraction failed: {failure}"

@@ -9,6 +9,11 @@ The three models are sklearn Pipelines over the feature families::
     ONLY_DF  features(df)      -> LASSO -> logistic regression
     COMB     features(hf, df)  -> LASSO -> logistic regression
 
+The LASSO chooses its penalty by 10-fold CV grouped by patient (a patient's lesions never
+straddle a fold); the final logistic regression on the LASSO's features is unpenalised
+(maximum likelihood), as the report says; the Youden threshold is learned on the training
+linear predictor (log-odds), which never saturates the way a probability of 1.0 does.
+
 where ``features`` is, per family: impute -> standardise (-> PCA -> standardise for deep
 features) -> ICC filter (on repeat delineations; on perturbed reader-1 masks when the
 training cases have none, see :meth:`~tasks.models.features.FeatureData.pairs`) -> Pearson
@@ -20,6 +25,7 @@ penalty path), so it logs each model and each LASSO fold as it finishes.
 
 from __future__ import annotations
 
+import inspect
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -30,6 +36,7 @@ import numpy as np
 import pandas as pd
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
+from scipy.special import expit, logit
 from sklearn.base import BaseEstimator, TransformerMixin, clone
 from sklearn.decomposition import PCA
 from sklearn.impute import SimpleImputer
@@ -39,7 +46,7 @@ from sklearn.preprocessing import StandardScaler
 
 from tasks.config import Settings
 from tasks.evaluation.metrics import youden_threshold
-from tasks.models.features import FeatureData, icc_source, training_rows
+from tasks.models.features import FeatureData, icc_source, patient_groups, training_rows
 from tasks.models.selection import ICCFilter, LassoSelector, PearsonFilter
 
 log = logging.getLogger(__name__)
@@ -175,20 +182,53 @@ def build_pipeline(families: tuple[str, ...], settings: Settings) -> Pipeline:
                 "lasso",
                 LassoSelector(cv=LASSO_FOLDS, rule=settings.lasso_rule, random_state=settings.seed),
             ),
-            ("logit", LogisticRegression(max_iter=5000)),
+            ("logit", unpenalised_logistic()),
         ]
     ).set_output(transform="pandas")
 
 
+PENALTY = "none (maximum likelihood)"  # the final models' penalty, as the report names it
+
+
+def unpenalised_logistic(max_iter: int = 10000) -> LogisticRegression:
+    """Logistic regression without penalty, across sklearn versions (1.8 deprecated
+    ``penalty=``; ``C=inf`` is its unpenalised form)."""
+    if inspect.signature(LogisticRegression).parameters["penalty"].default == "deprecated":
+        return LogisticRegression(C=np.inf, max_iter=max_iter)
+    return LogisticRegression(penalty=None, max_iter=max_iter)  # pragma: no cover
+
+
 @dataclass
 class FittedModel:
+    """A fitted model, its training threshold and how it was fitted.
+
+    ``threshold`` is the Youden threshold as a probability (what a reader reads);
+    ``threshold_lp`` the same cut-off on the linear predictor, where decisions are made.
+    ``fit_info`` records the fit (penalty, LASSO rule and fallback, CV grouping, ICC
+    repeat sets and their n, features kept per step) for the report and MLflow. Bundles
+    fitted before these two fields existed read them as None.
+    """
+
     name: str
     pipeline: Pipeline
     threshold: float  # Youden on training, applied unchanged elsewhere
     icc_applied: bool
+    threshold_lp: float | None = None
+    fit_info: dict[str, Any] | None = None
+
+    def decision_function(self, X: pd.DataFrame) -> np.ndarray:
+        """The linear predictor (log-odds): finite where a probability would round to 1."""
+        return np.asarray(self.pipeline.decision_function(X), dtype=np.float64)
 
     def predict_proba(self, X: pd.DataFrame) -> np.ndarray:
-        return self.pipeline.predict_proba(X)[:, 1]
+        return expit(self.decision_function(X))
+
+    @property
+    def cutoff(self) -> float:
+        """The threshold on the linear predictor (older bundles: from the probability)."""
+        if self.threshold_lp is not None:
+            return float(self.threshold_lp)
+        return float(logit(np.clip(self.threshold, 1e-15, 1 - 1e-15)))
 
     def selected_features(self) -> dict[str, float]:
         lasso = self.pipeline.named_steps["lasso"]
@@ -215,7 +255,9 @@ def fit_models(
     X, y = training_rows(data)
     if y.nunique() < 2:
         raise ValueError(f"training split needs both labels, has {y.value_counts().to_dict()}")
-    pairs = data.pairs(X.index)
+    groups = patient_groups(data, X.index)
+    pairs = data.pairs(X.index, settings.icc_min_repeats)
+    repeats = data.repeat_counts(X.index)
     if not pairs:
         logger.warning(
             "no repeat delineations or perturbed masks among training cases: ICC filter not applied"
@@ -226,16 +268,68 @@ def fit_models(
     for i, name in enumerate(names, start=1):
         logger.info("%s: fitting model %d/%d on %d training cases", name, i, len(names), len(y))
         pipeline = clone(build_pipeline(MODELS[name], settings))
-        fit_params: dict[str, Any] = {"lasso__progress": partial(_log_fold, logger, name)}
+        fit_params: dict[str, Any] = {
+            "lasso__progress": partial(_log_fold, logger, name),
+            "lasso__groups": groups,
+        }
         if pairs:
             fit_params["features__pairs"] = pairs
         pipeline.fit(X, y, **fit_params)
-        prob = pipeline.predict_proba(X)[:, 1]
+        cutoff = youden_threshold(y.to_numpy(), pipeline.decision_function(X))
+        info = fit_info(pipeline, pairs, repeats, settings)
+        info["training_cases"] = sorted(map(str, X.index))
         models[name] = FittedModel(
-            name, pipeline, youden_threshold(y.to_numpy(), prob), bool(pairs)
+            name, pipeline, float(expit(cutoff)), bool(pairs), float(cutoff), info
         )
         logger.info("%s: %d features selected", name, len(models[name].selected_features()))
+        if info["lasso"]["fallback"]:
+            logger.warning(
+                "%s: the LASSO %s rule selected no feature; fell back to C=%.4g",
+                name,
+                settings.lasso_rule,
+                info["lasso"]["C"],
+            )
     return models
+
+
+def fit_info(
+    pipeline: Pipeline, pairs: dict, repeats: dict[str, int], settings: Settings
+) -> dict[str, Any]:
+    """How one model was fitted, as plain values: what the report and MLflow record."""
+    features, lasso = pipeline.named_steps["features"], pipeline.named_steps["lasso"]
+    logit_step = pipeline.named_steps["logit"]
+    kept = {}
+    for family, branch in features.branches_.items():
+        icc, pearson = branch["icc"], branch["pearson"]
+        kept[family] = {
+            "columns": len(branch["columns"]),
+            "after_preprocessing": int((icc or pearson).n_features_in_),
+            "after_icc": int(pearson.n_features_in_),
+            "after_pearson": int(branch["pearson"].support_.sum()),
+        }
+    return {
+        "penalty": PENALTY,
+        "converged": bool(np.all(logit_step.n_iter_ < logit_step.max_iter)),
+        "lasso": {
+            "rule": settings.lasso_rule,
+            "folds": LASSO_FOLDS,
+            "grouped_by_patient": bool(lasso.grouped_),
+            "C": lasso.C_,
+            "C_rule": lasso.C_rule_,
+            "C_best": lasso.C_best_,
+            "fallback": bool(lasso.fallback_),
+            "selected": int(lasso.support_.sum()),
+        },
+        "icc": {
+            "applied": bool(pairs),
+            "source": icc_source(pairs),
+            "threshold": settings.icc_threshold,
+            "min_repeats": settings.icc_min_repeats,
+            "n_per_set": dict(repeats),
+            "sets_used": sorted(pairs),
+        },
+        "features_kept": kept,
+    }
 
 
 # -- Prefect wrappers ------------------------------------------------------------------------

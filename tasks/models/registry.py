@@ -5,10 +5,18 @@ store, ``./.mlflow`` with artifacts on the store for an object store; ``MLFLOW_T
 overrides. Each retrain logs its parameters, the table versions it read, the metrics, the
 report, and a bundle with the three fitted pipelines (COMB also as an sklearn model,
 registered as ``sln-comb``). Promotion moves the ``champion`` alias.
+
+The bundle is a pickle: whoever can replace it runs code where it is loaded. Its sha256 is
+recorded at registration (a tag of the registered version, in the registry database) and
+checked before every load; a bundle that does not match is refused, never unpickled.
+No case or patient identifier goes to MLflow: the CNN's meta loses its case id lists
+(counts stay) before it is logged.
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import math
@@ -32,6 +40,8 @@ EXPERIMENT = "sln-radiomics"
 REGISTERED = "sln-comb"
 CHAMPION = "champion"
 BUNDLE = "bundle/models.joblib"
+BUNDLE_SHA256 = "bundle_sha256"
+PRIVATE_META = ("fit_case_ids", "early_stopping_case_ids")  # case ids: never to MLflow
 TRACKED = ("auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "brier")
 
 
@@ -76,6 +86,7 @@ def log_retrain(
     """One MLflow run: params, lineage, metrics, report, bundle; COMB registered."""
     mlflow, client = _client(settings, store)
     lineage = dict(evaluation.versions)
+    cnn_meta = public_meta(cnn_meta)
     with mlflow.start_run(run_name=evaluation.run_id) as run:
         mlflow.set_tags(
             {"kind": "retrain", "flow_run": evaluation.run_id, "code_version": code_version()}
@@ -95,6 +106,13 @@ def log_retrain(
         )
         mlflow.log_metrics(_flat_metrics(evaluation))
         mlflow.log_dict(evaluation.selected_features, "selected_features.json")
+        mlflow.log_dict(evaluation.model_fits, "model_fits.json")  # penalty, LASSO fallback, ICC n
+        mlflow.set_tags(
+            {
+                f"lasso_fallback.{name}": str(bool((fit.get("lasso") or {}).get("fallback")))
+                for name, fit in evaluation.model_fits.items()
+            }
+        )
         mlflow.log_dict(cnn_meta, "cnn/meta.json")
         for uri in report.values():
             if "://" not in uri and os.path.exists(uri):
@@ -103,7 +121,9 @@ def log_retrain(
         with tempfile.TemporaryDirectory() as tmp:
             bundle = Path(tmp) / Path(BUNDLE).name
             joblib.dump({"models": models, "lineage": lineage, "cnn": cnn_meta}, bundle)
+            digest = file_sha256(bundle)
             mlflow.log_artifact(str(bundle), str(Path(BUNDLE).parent))
+            mlflow.set_tag(BUNDLE_SHA256, digest)
         info = mlflow.sklearn.log_model(
             models["COMB"].pipeline,
             name="COMB",
@@ -116,6 +136,7 @@ def log_retrain(
     client.set_model_version_tag(
         REGISTERED, version, "cnn_model_version", lineage["cnn_model_version"]
     )
+    client.set_model_version_tag(REGISTERED, version, BUNDLE_SHA256, digest)
     return {"mlflow_run_id": run_id, "registered_version": version, "model_uri": info.model_uri}
 
 
@@ -126,14 +147,57 @@ def _version_of(client, run_id: str) -> str:
     raise RuntimeError(f"no registered {REGISTERED} version for MLflow run {run_id}")
 
 
+def public_meta(meta: dict[str, Any]) -> dict[str, Any]:
+    """The CNN meta without case ids (their counts instead): what MLflow may keep."""
+    out = {k: v for k, v in meta.items() if k not in PRIVATE_META}
+    for key in PRIVATE_META:
+        if key in meta:
+            out[key.removesuffix("_ids") + "_count"] = len(meta[key])
+    return out
+
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class TamperedArtifactError(RuntimeError):
+    """A model artifact does not match the sha256 recorded when it was registered."""
+
+
+def recorded_sha256(client, run_id: str) -> str | None:
+    """The bundle's sha256 recorded on the registered version of an MLflow run."""
+    for mv in client.search_model_versions(f"name='{REGISTERED}'"):
+        if mv.run_id == run_id:
+            return (mv.tags or {}).get(BUNDLE_SHA256)
+    return None
+
+
+def verified_load(path: str | Path, expected: str | None, what: str) -> Any:
+    """Unpickle ``path`` only when its sha256 is the one recorded at registration."""
+    if not expected:
+        raise TamperedArtifactError(f"{what}: no sha256 recorded at registration; not loaded")
+    actual = file_sha256(path)
+    if not hmac.compare_digest(actual, expected):
+        raise TamperedArtifactError(
+            f"{what}: sha256 {actual[:12]}... differs from the {expected[:12]}... recorded "
+            "at registration; the artifact was changed and is not loaded"
+        )
+    return joblib.load(path)
+
+
 def load_bundle(run_id: str, settings: Settings, store: FeatureStore) -> dict[str, Any]:
-    """The three fitted models, lineage and CNN meta logged by a retrain run."""
-    mlflow, _ = _client(settings, store)
+    """The three fitted models, lineage and CNN meta logged by a retrain run, verified."""
+    mlflow, client = _client(settings, store)
+    expected = recorded_sha256(client, run_id)
     with tempfile.TemporaryDirectory() as tmp:
         path = mlflow.artifacts.download_artifacts(
             run_id=run_id, artifact_path=BUNDLE, dst_path=tmp
         )
-        return joblib.load(path)
+        return verified_load(path, expected, f"model bundle of MLflow run {run_id}")
 
 
 def champion(settings: Settings, store: FeatureStore) -> dict[str, Any] | None:

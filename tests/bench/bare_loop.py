@@ -1,5 +1,12 @@
-"""Baseline (a): the bare loop. Two processes, each extracting half the cases with the
-same extraction function and SimpleITK at one thread; no orchestration at all."""
+"""Baseline (a): the bare per-region pyradiomics loop. Two processes, each extracting half
+the cases: the same regions our step measures (read by ``case_regions``, so the same float32
+image, spacing and masks), one ``RadiomicsFeatureExtractor.execute`` per region, SimpleITK at
+one thread; no orchestration at all. This is how a radiomics team runs pyradiomics on its
+own; ``sln run`` filters each image once instead (tasks/features/radiomics_shared.py).
+
+Usage: ``bare_loop.py CASES_JSON PARAMS RING_MM RING_PX WORKERS PERTURB`` (PERTURB 0/1).
+Prints one JSON line: rows, extraction seconds (first case started to last finished).
+"""
 
 from __future__ import annotations
 
@@ -10,17 +17,19 @@ from multiprocessing import get_context
 
 
 def _half(args):
-    cases, params_path, ring_mm, ring_px = args
-    from tasks.features.radiomics import extract_case, limit_threads, load_params, make_extractor
+    cases, params_path, ring_mm, ring_px, perturb = args
+    from tasks.features.imaging import case_regions
+    from tasks.features.radiomics import limit_threads, load_params, make_extractor
 
     limit_threads()
-    params = load_params(params_path)
-    extractor = make_extractor(params)
+    extractor = make_extractor(load_params(params_path))
     first = time.time()  # wall clock: comparable across processes
     rows = 0
     for case in cases:
         try:
-            rows += len(extract_case(case, params, ring_mm, ring_px, extractor=extractor))
+            for region in case_regions(case, ring_mm, ring_px, perturb):
+                extractor.execute(region.image, region.mask)
+                rows += 1
         except Exception:  # the same cases fail in every contender; count rows only
             pass
     return rows, first, time.time()
@@ -28,13 +37,14 @@ def _half(args):
 
 def main() -> None:
     cases_json, params_path, ring_mm, ring_px, workers = sys.argv[1:6]
+    perturb = len(sys.argv) > 6 and sys.argv[6] == "1"
     cases = json.loads(open(cases_json).read())
     n = int(workers)
     halves = [cases[i::n] for i in range(n)]
+    jobs = [(h, params_path, float(ring_mm), int(ring_px), perturb) for h in halves]
     with get_context("spawn").Pool(n) as pool:
-        parts = pool.map(_half, [(h, params_path, float(ring_mm), int(ring_px)) for h in halves])
+        parts = pool.map(_half, jobs)
     rows = sum(p[0] for p in parts)
-    # Extraction time: first case started to last case finished, start-up excluded.
     seconds = max(p[2] for p in parts) - min(p[1] for p in parts)
     print(json.dumps({"rows": rows, "seconds": seconds}))
 

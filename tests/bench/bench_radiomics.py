@@ -1,16 +1,25 @@
-"""Radiomics throughput: the bare two-process loop vs pyradiomics' batch CLI vs ``sln run``.
+"""Radiomics throughput: ``sln run`` vs the bare per-region pyradiomics loop vs pyradiomics'
+batch CLI, on two workloads, same inputs, one run.
 
-Same cases, same params, same regions (lesion + peritumoral ring for every mask variant),
-one run, reported as ratios against the bare loop, with peak memory per process and
-start-up seconds. Then a second ``sln run`` on the unchanged cohort (must extract 0 cases
-in under 10% of the first run's time). Usage: ``python tests/bench/bench_radiomics.py
---cases 400 --out bench-out`` (``make bench`` runs it on BUS-BRA and on a synthetic cohort).
+- ``icc``: what the demo extracts for the ICC filter: both regions for reader 1 plus the
+  reader-2 / repeat masks, or perturbed reader-1 masks where a cohort has none (BUS-BRA).
+- ``reader1``: both regions, reader 1 only.
+
+All three contenders measure the same regions (``case_regions``: the same float32 image,
+spacing, masks and rings) with the same params. Reported per workload: wall seconds, speed
+relative to the bare loop (>1 is faster), peak RSS of each contender's main process and of its
+largest child (pool process, Dask worker), start-up; then ``sln run`` again on the unchanged
+cohort (share of the first run). Also a profile table (seconds per feature class and for the
+filters, per region). Tables go to ``--out`` and, with ``--write``, into BENCHMARKS.md.
+
+Usage: ``python -m tests.bench.bench_radiomics --cases 400 --datasets busbra --write``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import tempfile
 from pathlib import Path
@@ -19,17 +28,21 @@ import pandas as pd
 import SimpleITK as sitk
 
 from tasks.config import Settings
-from tasks.data.ingest import current_cohort, ingest
-from tasks.data.sources.busbra import busbra_manifest
+from tasks.data.ingest import current_cohort, ingest, with_perturbation
+from tasks.data.schema import REPEAT_COLUMNS
 from tasks.data.store import FeatureStore
 from tasks.features.imaging import case_regions
-from tests.bench.common import BIN, ROOT, save, timed
+from tests.bench.common import BIN, ROOT, machine_line, save, timed, write_section
 
 WORKERS = 2
+WORKLOADS = ("icc", "reader1")
+BENCH_KEY = "benchmark-only-pseudonym-key-not-a-secret"  # pseudonymises bench case ids only
 
 
 def make_manifest(kind: str, n: int, work: Path, settings: Settings) -> Path:
     if kind == "busbra":
+        from tasks.data.sources.busbra import busbra_manifest
+
         manifest = work / "busbra.csv"
         frame = busbra_manifest(settings.shared_data / "busbra", manifest)
         frame.head(n).to_csv(manifest, index=False)
@@ -39,29 +52,39 @@ def make_manifest(kind: str, n: int, work: Path, settings: Settings) -> Path:
     return generate_cohort(work / "synthetic", n_patients=n, seed=11)
 
 
-def prepare(manifest: Path, work: Path, settings: Settings) -> tuple[Path, Path, int]:
-    """Untimed: resolved cases (JSON) for the bare loop, and NRRD inputs for the CLI that
-    carry the same float32 image, spacing and ring masks our regions use."""
-    store = FeatureStore(str(work / "prep-store"))
-    ingest(str(manifest), store, settings, run_id="bench-prep")
+def reader1_manifest(manifest: Path) -> Path:
+    """The same cases without reader-2 / repeat masks (same folder: relative paths hold)."""
+    frame = pd.read_csv(manifest)
+    out = manifest.with_name(f"{manifest.stem}-reader1.csv")
+    frame.drop(columns=[c for c in REPEAT_COLUMNS if c in frame]).to_csv(out, index=False)
+    return out
+
+
+def prepare(manifest: Path, work: Path, settings: Settings, name: str) -> dict:
+    """Untimed: resolved cases (JSON) for the bare loop, NRRD inputs for the CLI that carry
+    the same float32 image, spacing and masks as our regions, and the perturb flag."""
+    store = FeatureStore(str(work / f"prep-store-{name}"))
+    ingest(str(manifest), store, settings, run_id=f"bench-prep-{name}")
     cases = current_cohort(store.read("cohort"))
+    perturb = with_perturbation(cases, settings).perturb_repeats
     records = json.loads(cases.to_json(orient="records", date_format="iso"))
-    cases_json = work / "cases.json"
+    cases_json = work / f"cases-{name}.json"
     cases_json.write_text(json.dumps(records))
     nrrd = work / "nrrd"
     nrrd.mkdir(exist_ok=True)
     rows = []
     for case in records:
-        regions = case_regions(case, settings.ring_mm, settings.ring_px)
+        regions = case_regions(case, settings.ring_mm, settings.ring_px, perturb)
         image_path = nrrd / f"{case['case_id']}_image.nrrd"
         sitk.WriteImage(regions[0].image, str(image_path))
         for region in regions:
             mask_path = nrrd / f"{case['case_id']}_{region.mask_variant}_{region.region}.nrrd"
             sitk.WriteImage(region.mask, str(mask_path))
             rows.append({"Image": str(image_path), "Mask": str(mask_path)})
-    cli_csv = work / "cli.csv"
+    cli_csv = work / f"cli-{name}.csv"
     pd.DataFrame(rows).to_csv(cli_csv, index=False)
-    return cases_json, cli_csv, len(rows)
+    return {"cases_json": cases_json, "cli_csv": cli_csv, "regions": len(rows),
+            "cases": len(records), "perturb": perturb}  # fmt: skip
 
 
 def summary_value(out: str, key: str) -> float:
@@ -69,75 +92,56 @@ def summary_value(out: str, key: str) -> float:
     return float(match.group(1)) if match else float("nan")
 
 
-def bench(kind: str, n: int, out: Path) -> dict:
-    settings = Settings()
-    work = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
-    manifest = make_manifest(kind, n, work, settings)
-    # The same work for all three: radiomics only, reader-1 (and real repeat) masks.
-    roots = {
+def cli_command(csv: Path, params: str, out: Path) -> list[str]:
+    return [str(BIN / "pyradiomics"), str(csv), "--param", params, "--jobs", str(WORKERS),
+            "-o", str(out), "-f", "csv"]  # fmt: skip
+
+
+def bench_workload(kind: str, workload: str, manifest: Path, work: Path, settings: Settings):
+    env = {
         "SLN_DATA_ROOTS": f"{manifest.parent}:{settings.shared_data}",
         "SLN_EMBED": "false",
-        "SLN_PERTURB_REPEATS": "false",
+        "SLN_PERTURB_REPEATS": "true" if workload == "icc" else "false",
     }
-    settings = Settings(data_roots=roots["SLN_DATA_ROOTS"].split(":"))
-    cases_json, cli_csv, n_regions = prepare(manifest, work, settings)
-    n_cases = len(json.loads(cases_json.read_text()))
+    if workload == "reader1":
+        manifest = reader1_manifest(manifest)
+    run_settings = Settings(
+        data_roots=env["SLN_DATA_ROOTS"].split(":"), perturb_repeats=workload == "icc"
+    )
+    prep = prepare(manifest, work, run_settings, workload)
     params = str(settings.radiomics_params)
-
     bare = timed(
-        "bare loop (2 processes)",
+        f"bare loop: {WORKERS} processes, execute per region",
         [
             str(BIN / "python"),
             str(ROOT / "tests/bench/bare_loop.py"),
-            str(cases_json),
+            str(prep["cases_json"]),
             params,
             str(settings.ring_mm),
             str(settings.ring_px),
             str(WORKERS),
-        ],
+            "1" if prep["perturb"] else "0",
+        ],  # fmt: skip
     )
     bare_inner = json.loads(bare.stdout_tail.strip().splitlines()[-1])["seconds"]
-    head = work / "cli-head.csv"
-    pd.read_csv(cli_csv).head(2).to_csv(head, index=False)
-    cli_startup = timed(
-        "pyradiomics CLI, 2 regions",
-        [
-            str(BIN / "pyradiomics"),
-            str(head),
-            "--param",
-            params,
-            "--jobs",
-            str(WORKERS),
-            "-o",
-            str(work / "cli-head-out.csv"),
-            "-f",
-            "csv",
-        ],
-    )
+    head = work / f"cli-head-{workload}.csv"
+    pd.read_csv(prep["cli_csv"]).head(2).to_csv(head, index=False)
+    cli_startup = timed("CLI, 2 regions", cli_command(head, params, work / "cli-head.out"))
     cli = timed(
-        "pyradiomics CLI --jobs 2",
-        [
-            str(BIN / "pyradiomics"),
-            str(cli_csv),
-            "--param",
-            params,
-            "--jobs",
-            str(WORKERS),
-            "-o",
-            str(work / "cli-out.csv"),
-            "-f",
-            "csv",
-        ],
+        f"pyradiomics CLI --jobs {WORKERS}",
+        cli_command(prep["cli_csv"], params, work / f"cli-{workload}.out"),
     )
-    store = str(work / "sln-store")
-    sln_cmd = [str(BIN / "sln"), "run", str(manifest), "--store", store, "--workers", str(WORKERS)]
-    first = timed("sln run (2 workers)", sln_cmd, env=roots)
-    second = timed("sln run again (unchanged cohort)", sln_cmd, env=roots)
+    store = str(work / f"sln-store-{workload}")
+    sln = [str(BIN / "sln"), "run", str(manifest), "--store", store, "--workers", str(WORKERS)]
+    first = timed(f"sln run --workers {WORKERS}", sln, env=env)
+    second = timed("sln run again (unchanged cohort)", sln, env=env)
     extract_s = summary_value(first.stdout_tail, "extract_seconds")
     result = {
         "dataset": kind,
-        "cases": n_cases,
-        "regions": n_regions,
+        "workload": workload,
+        "cases": prep["cases"],
+        "regions": prep["regions"],
+        "perturbed_masks": prep["perturb"],
         "bare_loop": bare,
         "bare_loop_startup_s": round(bare.wall_s - bare_inner, 2),
         "cli": cli,
@@ -147,41 +151,43 @@ def bench(kind: str, n: int, out: Path) -> dict:
         "sln_run_startup_s": round(first.wall_s - extract_s, 2),
         "sln_run_again": second,
         "sln_run_again_cases_new": summary_value(second.stdout_tail, "cases_new"),
-        "ratio_cli": round(bare.wall_s / cli.wall_s, 3),
-        "ratio_sln_wall": round(bare.wall_s / first.wall_s, 3),
-        "ratio_sln_extract": round(bare_inner / extract_s, 3),
+        "speed_cli": round(bare.wall_s / cli.wall_s, 3),
+        "speed_sln_wall": round(bare.wall_s / first.wall_s, 3),
+        "speed_sln_extract": round(bare_inner / extract_s, 3),
         "rerun_share": round(second.wall_s / first.wall_s, 3),
+        "sln_vs_cli": round(cli.wall_s / first.wall_s, 3),
     }
-    save(out / f"radiomics-{kind}.json", result)
-    return result
+    return result, prep
 
 
 def table(results: list[dict]) -> str:
     lines = [
-        "| dataset | cases (regions) | contender | wall s | share of bare loop "
-        "| peak RSS per process MB | start-up s |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| dataset / workload | cases (regions) | contender | wall s | speed vs bare loop "
+        "| CPU s, all processes | peak RSS MB: main / largest child | start-up s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
-        rows = [
+        label = f"{r['dataset']} / {r['workload']}"
+        size = f"{r['cases']} ({r['regions']})"
+        for timing, speed, startup in (
             (r["bare_loop"], 1.0, r["bare_loop_startup_s"]),
-            (r["cli"], r["ratio_cli"], r["cli_startup_s"]),
-            (r["sln_run"], r["ratio_sln_wall"], r["sln_run_startup_s"]),
+            (r["cli"], r["speed_cli"], r["cli_startup_s"]),
+            (r["sln_run"], r["speed_sln_wall"], r["sln_run_startup_s"]),
             (r["sln_run_again"], None, None),
-        ]
-        for timing, ratio, startup in rows:
+        ):
             lines.append(
-                f"| {r['dataset']} | {r['cases']} ({r['regions']}) | {timing.name} | "
-                f"{timing.wall_s} | {'' if ratio is None else ratio} | "
-                f"{timing.peak_worker_mb:.0f} | {'' if startup is None else startup} |"
+                f"| {label} | {size} | {timing.name} | {timing.wall_s} | "
+                f"{'' if speed is None else speed} | {timing.cpu_s} | {timing.main_mb:.0f} / "
+                f"{timing.children_mb:.0f} | {'' if startup is None else startup} |"
             )
         lines.append(
-            f"| {r['dataset']} | | sln extraction phase only | {r['sln_run_extract_s']} | "
-            f"{r['ratio_sln_extract']} | | |"
+            f"| {label} | | sln extraction phase only | {r['sln_run_extract_s']} | "
+            f"{r['speed_sln_extract']} | | | |"
         )
+        lines.append(f"| {label} | | sln vs CLI (CLI wall / sln wall) | | {r['sln_vs_cli']} |||| ")
         lines.append(
-            f"| {r['dataset']} | | re-run / first run | {r['rerun_share']} "
-            f"({r['sln_run_again_cases_new']:.0f} cases extracted) | | | |"
+            f"| {label} | | re-run / first run | {r['rerun_share']:.1%} "
+            f"({r['sln_run_again_cases_new']:.0f} cases extracted) | | | | |"
         )
     return "\n".join(lines)
 
@@ -189,13 +195,51 @@ def table(results: list[dict]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cases", type=int, default=400)
-    parser.add_argument("--datasets", default="busbra,synthetic")
+    parser.add_argument("--datasets", default="busbra")
+    parser.add_argument("--workloads", default=",".join(WORKLOADS))
+    parser.add_argument("--profile-cases", type=int, default=20)
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out")
+    parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = parser.parse_args()
-    results = [bench(kind, args.cases, args.out) for kind in args.datasets.split(",")]
+    os.environ.setdefault("SLN_PSEUDONYM_KEY", BENCH_KEY)  # ingest refuses to run without one
+    settings = Settings()
+    results, loads, profiles = [], [os.getloadavg()[0]], []
+    for kind in args.datasets.split(","):
+        work = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
+        manifest = make_manifest(kind, args.cases, work, settings)
+        for workload in args.workloads.split(","):
+            result, prep = bench_workload(kind, workload, manifest, work, settings)
+            save(args.out / f"radiomics-{kind}-{workload}.json", result)
+            results.append(result)
+            for key in ("bare_loop", "cli", "sln_run", "sln_run_again"):
+                loads.extend(result[key].load)
+            if workload == "icc" and args.profile_cases:
+                profiles.append((kind, profile_table(prep, args.profile_cases)))
     text = table(results)
-    (args.out / "radiomics.md").write_text(text + "\n")
-    print(text)
+    command = (
+        f"python -m tests.bench.bench_radiomics --cases {args.cases} --datasets "
+        f"{args.datasets} --workloads {args.workloads}"
+    )
+    header = f"Command: `{command}`. {machine_line(loads)}"
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "radiomics.md").write_text(f"{header}\n\n{text}\n")
+    print(header, text, sep="\n\n")
+    profile_text = "\n\n".join(f"{kind}, ICC workload:\n\n{t}" for kind, t in profiles)
+    print(profile_text)
+    if args.write:
+        write_section("radiomics", f"{header}\n\n{text}")
+        if profile_text:
+            write_section("radiomics-profile", f"{header}\n\n{profile_text}")
+
+
+def profile_table(prep: dict, n: int) -> str:
+    from tasks.features.radiomics import load_params
+    from tests.bench.profile_radiomics import profile
+    from tests.bench.profile_radiomics import table as profile_md
+
+    cases = json.loads(prep["cases_json"].read_text())[:n]
+    clock = profile(cases, load_params(Settings().radiomics_params), prep["perturb"])
+    return f"{len(cases)} cases, one process:\n\n{profile_md(clock)}"
 
 
 if __name__ == "__main__":

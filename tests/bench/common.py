@@ -1,9 +1,12 @@
-"""Benchmark plumbing: run a command as a subprocess, time it, sample its memory."""
+"""Benchmark plumbing: run a command as a subprocess, time it, sample its memory; write the
+generated tables into BENCHMARKS.md (between markers, so no figure there is typed by hand)."""
 
 from __future__ import annotations
 
+import datetime
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -23,10 +26,31 @@ class Timing:
     wall_s: float
     peak_rss_mb: dict[str, float] = field(default_factory=dict)  # per process name
     stdout_tail: str = ""
+    main_mb: float = 0.0  # the command's own process (for ``sln run``: the flow process)
+    load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average before / after
+    pid: int = 0
+    cpu_s: float = 0.0  # CPU seconds of the whole process tree (less sensitive to load)
 
     @property
     def peak_worker_mb(self) -> float:
         return max(self.peak_rss_mb.values(), default=0.0)
+
+    @property
+    def children_mb(self) -> float:
+        """Largest child process that computes (Dask workers, pool processes), not servers."""
+        return max(
+            (
+                mb
+                for name, mb in self.peak_rss_mb.items()
+                if not name.startswith(f"{self.pid}:") and not _is_service(name)
+            ),
+            default=0.0,
+        )
+
+
+def _is_service(label: str) -> bool:
+    # The Prefect server sln may start, and Dask's nannies (they only supervise a worker).
+    return any(word in label for word in ("prefect", "uvicorn", "server", "nanny"))
 
 
 class MemorySampler(threading.Thread):
@@ -36,6 +60,7 @@ class MemorySampler(threading.Thread):
         super().__init__(daemon=True)
         self.pid, self.interval = pid, interval
         self.peaks: dict[int, tuple[str, float]] = {}
+        self.cpu: dict[int, float] = {}  # user + system seconds, at the last sample
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -48,6 +73,8 @@ class MemorySampler(threading.Thread):
             for proc in procs:
                 try:
                     rss = proc.memory_info().rss / 2**20
+                    times = proc.cpu_times()
+                    self.cpu[proc.pid] = times.user + times.system
                     label = " ".join(proc.cmdline()[1:3])[-60:] or proc.name()
                 except psutil.Error:
                     continue
@@ -57,6 +84,7 @@ class MemorySampler(threading.Thread):
 
 
 def timed(name: str, cmd: list[str], env: dict | None = None, cwd: Path = ROOT) -> Timing:
+    load_before = os.getloadavg()[0]
     started = time.perf_counter()
     proc = subprocess.Popen(
         cmd,
@@ -76,9 +104,38 @@ def timed(name: str, cmd: list[str], env: dict | None = None, cwd: Path = ROOT) 
     peaks: dict[str, float] = {}
     for pid, (label, rss) in sampler.peaks.items():
         peaks[f"{pid}:{label}"] = round(rss, 1)
-    return Timing(name, round(wall, 2), peaks, out[-3000:])
+    main = sampler.peaks.get(proc.pid, ("", 0.0))[1]
+    load = (round(load_before, 2), round(os.getloadavg()[0], 2))
+    cpu = round(sum(sampler.cpu.values()), 1)
+    return Timing(name, round(wall, 2), peaks, out[-3000:], round(main, 1), load, proc.pid, cpu)
 
 
 def save(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(payload, indent=2, default=lambda o: asdict(o)))
+
+
+def machine_line(loads: list[float]) -> str:
+    """When and where a table was made, with the machine's load over the run."""
+    cores = os.cpu_count() or 1
+    high = max(loads, default=0.0)
+    note = (
+        f" **Load above the {cores} cores: other work shared the CPUs, timings are distorted.**"
+        if high > cores
+        else ""
+    )
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    return (
+        f"Generated {stamp} on {cores} cores, no GPU; 1-minute load average "
+        f"{min(loads, default=0.0):.1f}-{high:.1f} during the run.{note}"
+    )
+
+
+def write_section(name: str, text: str, path: Path = ROOT / "BENCHMARKS.md") -> None:
+    """Replace the generated section ``name`` of BENCHMARKS.md (markers added if missing)."""
+    start, end = f"<!-- generated:{name} -->", f"<!-- /generated:{name} -->"
+    block = f"{start}\n{text.rstrip()}\n{end}"
+    body = path.read_text() if path.exists() else "# Benchmarks\n"
+    pattern = re.compile(re.escape(start) + ".*?" + re.escape(end), re.S)
+    body = pattern.sub(lambda _: block, body) if pattern.search(body) else f"{body}\n{block}\n"
+    path.write_text(body)

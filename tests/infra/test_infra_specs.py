@@ -222,6 +222,7 @@ def test_slurm_local_script_is_bash_with_two_partitions_on_loopback():
     text = SLURM_LOCAL.read_text()
     assert "PartitionName=cpu Nodes=$HOST Default=YES" in text
     assert "PartitionName=gpu Nodes=$HOST Default=NO" in text
+    assert "Gres=gpu:1" in text and "GresTypes=gpu" in text
     assert "NodeAddr=127.0.0.1" in text and "NoCtldInAddrAny" in text
     assert "ProctrackType=proctrack/linuxproc" in text and "TaskPlugin=task/none" in text
     assert "slurmctld slurmd slurm-client munge" in text.replace("(", "").replace(")", "")

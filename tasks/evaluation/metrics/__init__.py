@@ -16,7 +16,8 @@ Pure functions on arrays; they read and write nothing. The evaluation step
 - :mod:`~tasks.evaluation.metrics.decision`: net benefit over a threshold grid
   (:func:`decision_curve`);
 - :mod:`~tasks.evaluation.metrics.drift`: population stability index between training and
-  a later set (:func:`psi`, :func:`psi_table`).
+  a later set (:func:`psi`, :func:`psi_table`), flagged against a permutation null
+  (:func:`psi_permutation_test`).
 
 Conventions used throughout: labels are 0/1 (1 = sentinel lymph node metastasis), a
 higher score means more likely positive, and a case is called positive when
@@ -33,7 +34,7 @@ from tasks.evaluation.metrics.binary import (
 )
 from tasks.evaluation.metrics.calibration import calibration
 from tasks.evaluation.metrics.decision import decision_curve
-from tasks.evaluation.metrics.drift import psi, psi_table
+from tasks.evaluation.metrics.drift import drift_bins, psi, psi_permutation_test, psi_table
 from tasks.evaluation.metrics.roc import (
     auc_ci,
     delong_components,
@@ -49,8 +50,10 @@ __all__ = [
     "delong_components",
     "delong_roc_variance",
     "delong_test",
+    "drift_bins",
     "model_set_metrics",
     "psi",
+    "psi_permutation_test",
     "psi_table",
     "wilson_ci",
     "youden_threshold",

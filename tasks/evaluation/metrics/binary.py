@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
+from scipy import special
 
 from tasks.evaluation.metrics._inputs import _labels, _probabilities, _scores, _z
 from tasks.evaluation.metrics.roc import auc_ci
@@ -197,7 +198,11 @@ def classification_metrics(
 
 
 def model_set_metrics(
-    y: ArrayLike, prob: ArrayLike, threshold: float, alpha: float = 0.05
+    y: ArrayLike,
+    prob: ArrayLike,
+    threshold: float,
+    alpha: float = 0.05,
+    linear_predictor: ArrayLike | None = None,
 ) -> dict[str, Any]:
     """All metrics of one model on one set: the fields, in order, of the report's
     :class:`~tasks.evaluation.results.ModelSetMetrics` (the evaluation step builds it).
@@ -212,6 +217,10 @@ def model_set_metrics(
         Decision threshold learned on the training set (:func:`youden_threshold`).
     alpha : float, default 0.05
         Level of every interval.
+    linear_predictor : array-like of shape (n,), optional
+        The model's log-odds. When given, the AUC and the classification use it, with
+        ``threshold`` on its scale (reported as the probability ``expit(threshold)``):
+        probabilities that round to 1.0 would tie cases the model ranks apart.
 
     Returns
     -------
@@ -229,6 +238,10 @@ def model_set_metrics(
     """
     labels = _labels(y)
     p = _probabilities(prob, labels.size)
-    out = classification_metrics(labels, p, threshold, alpha)
+    if linear_predictor is None:
+        out = classification_metrics(labels, p, threshold, alpha)
+    else:
+        out = classification_metrics(labels, linear_predictor, threshold, alpha)
+        out["threshold"] = float(special.expit(threshold))
     out["brier"] = float(np.mean((p - labels) ** 2)) if labels.size else math.nan
     return out

@@ -82,7 +82,9 @@ def _reliability(y: np.ndarray, prob: np.ndarray, n_bins: int) -> pd.DataFrame:
     )
 
 
-def calibration(y: ArrayLike, prob: ArrayLike, n_bins: int = 10) -> dict[str, Any]:
+def calibration(
+    y: ArrayLike, prob: ArrayLike, n_bins: int = 10, linear_predictor: ArrayLike | None = None
+) -> dict[str, Any]:
     """Calibration intercept and slope, Brier score and reliability curve.
 
     Parameters
@@ -94,6 +96,10 @@ def calibration(y: ArrayLike, prob: ArrayLike, n_bins: int = 10) -> dict[str, An
         the logit.
     n_bins : int, default 10
         Number of quantile bins of the reliability curve.
+    linear_predictor : array-like of shape (n,), optional
+        The model's log-odds. When given, intercept and slope are fitted on it directly:
+        a probability that rounds to exactly 0 or 1 would otherwise be clipped, and the
+        intercept would then depend on the clipping constant.
 
     Returns
     -------
@@ -132,8 +138,13 @@ def calibration(y: ArrayLike, prob: ArrayLike, n_bins: int = 10) -> dict[str, An
     if n_bins < 1:
         raise ValueError("n_bins must be >= 1")
     yf = labels.astype(float)
-    pc = np.clip(p, LOGIT_EPS, 1 - LOGIT_EPS)
-    lp = np.log(pc) - np.log1p(-pc)
+    if linear_predictor is not None:
+        lp = np.asarray(linear_predictor, dtype=float)
+        if lp.shape != p.shape or not np.isfinite(lp).all():
+            raise ValueError("linear_predictor must be finite, one value per label")
+    else:
+        pc = np.clip(p, LOGIT_EPS, 1 - LOGIT_EPS)
+        lp = np.log(pc) - np.log1p(-pc)
     if labels.min() == labels.max():
         intercept = slope = math.nan
     else:

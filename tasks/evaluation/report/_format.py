@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import math
 
-from tasks.data.schema import SPLITS
-from tasks.evaluation.results import Interval
+from tasks.evaluation.results import EVALUATION_SETS, Interval
 
 SET_LABELS = {
     "training": "Training",
+    "training_new": "Training split, added since the model was fitted",
     "validation": "External validation",
     "testing": "Testing",
 }
@@ -17,8 +17,8 @@ DASH = "—"
 
 
 def present(tree: dict[str, dict]) -> list[str]:
-    """Splits present under any key of ``{key: {split: ...}}``, in :data:`SPLITS` order."""
-    return [s for s in SPLITS if any(s in by_split for by_split in tree.values())]
+    """Splits present under any key of ``{key: {split: ...}}``, in :data:`EVALUATION_SETS` order."""
+    return [s for s in EVALUATION_SETS if any(s in by_split for by_split in tree.values())]
 
 
 def f(value: float | None, digits: int = 3) -> str:

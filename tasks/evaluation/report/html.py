@@ -28,6 +28,7 @@ from tasks.evaluation.report.figures import (
     roc_figure,
 )
 from tasks.evaluation.report.serialise import DISCLAIMER, RATIOS
+from tasks.evaluation.report.tripod import tripod_html
 from tasks.evaluation.results import Checks, Evaluation, ModelSetMetrics
 from tasks.models.pipelines import MODELS
 
@@ -149,19 +150,40 @@ def _metrics_html(evaluation: Evaluation) -> str:
         evaluation.models, models, present(evaluation.models), evaluation.thresholds
     )
     table = _table(_METRIC_HEADERS, rows, "metrics")
-    per_site = evaluation.per_site
-    site_models = [m for m in MODELS if m in per_site]
-    sites = sorted({s for by_site in per_site.values() for s in by_site})
-    site_rows = _metric_rows(per_site, site_models, sites, evaluation.thresholds)
-    site_headers = ["Model", "Site", *_METRIC_HEADERS[2:]]
     return (
         '<section id="metrics"><h2>1. Discrimination and classification</h2>'
         '<p class="muted">AUC with DeLong 95% CI; accuracy, sensitivity, specificity, PPV and '
         "NPV with Wilson 95% CIs at the threshold chosen on the training set (Youden index) "
         "and applied unchanged to the other sets.</p>"
         f"{table}"
-        '<h3 id="per-site">Per site</h3>'
-        f"{_table(site_headers, site_rows, 'metrics')}</section>"
+        f"{_per_site_html(evaluation)}</section>"
+    )
+
+
+def _per_site_html(evaluation: Evaluation) -> str:
+    """Per site within each set; "too few" where a site lacks the cases for an AUC."""
+    rows = []
+    for split in present({"": evaluation.per_site}):
+        for site, by_model in sorted(evaluation.per_site[split].items()):
+            for model in (m for m in MODELS if m in by_model):
+                m = by_model[model]
+                auc = f"<b>{est_ci(m.auc, m.auc_ci)}</b>" if m.enough else _e(m.note)
+                rows.append(
+                    [
+                        _e(SET_LABELS.get(split, split)),
+                        _e(site),
+                        _e(model),
+                        str(m.n),
+                        f"{m.n_pos}/{m.n_neg}",
+                        auc,
+                        f"{m.tp}/{m.fp}/{m.tn}/{m.fn}",
+                    ]
+                )
+    headers = ["Set", "Site", "Model", "n", "Pos/Neg", "AUC (95% CI)", "TP/FP/TN/FN"]
+    return (
+        '<h3 id="per-site">Per site, within each set</h3>'
+        '<p class="muted">A site\'s AUC is shown only with n &ge; 20 and &ge; 5 of each class.</p>'
+        f"{_table(headers, rows, 'metrics')}"
     )
 
 
@@ -277,29 +299,36 @@ def _cohort_html(evaluation: Evaluation) -> str:
 
 
 def _drift_html(evaluation: Evaluation) -> str:
-    drift = evaluation.drift
-    if not drift:
-        return ""
     rows = []
-    for site in sorted(drift, key=str):
-        d = drift[site]
-        cls = "bad" if d.psi_max > 0.25 else "warn" if d.psi_max > 0.1 else ""
-        top = ", ".join(f"<code>{_e(t.feature)}</code> {f(t.psi, 2)}" for t in d.top)
-        rows.append(
-            [
-                _e(site),
-                str(d.n),
-                f'<span class="{cls}">{f(d.psi_max)}</span>' if cls else f(d.psi_max),
-                f(d.psi_mean),
-                str(d.features_over_0_25),
-                top or DASH,
-            ]
-        )
-    headers = ["Site", "n", "PSI max", "PSI mean", "Features PSI &gt; 0.25", "Top features"]
+    for split, by_site in evaluation.drift.items():
+        for site in sorted(by_site, key=str):
+            d = by_site[site]
+            top = ", ".join(
+                f"<code>{_e(t.feature)}</code> {f(t.psi, 2)}{' &#9873;' if t.flagged else ''}"
+                for t in d.top
+            )
+            n_flagged = d.features_flagged
+            flagged = f'<span class="bad">{n_flagged}</span>' if n_flagged else "0"
+            rows.append(
+                [
+                    _e(SET_LABELS.get(split, split)),
+                    _e(site),
+                    str(d.n),
+                    f"{flagged} of {d.features}",
+                    f(d.critical),
+                    f(d.psi_max),
+                    top or _e(d.note) or DASH,
+                ]
+            )
+    if not rows:
+        return ""
+    headers = ["Set", "Site", "n", "Features flagged", "Critical PSI", "PSI max", "Top features"]
     return (
         '<h3 id="drift">Drift against training</h3>'
-        '<p class="muted">Population stability index per feature; &gt; 0.1 moderate, '
-        "&gt; 0.25 large shift.</p>"
+        '<p class="muted">Population stability index of the model\'s selected input features, '
+        "bins from training quantiles; a feature is flagged (&#9873;) when its PSI exceeds the "
+        "critical value of a permutation null (training and site pooled and resampled; "
+        "family-wise 5%), so sampling noise at a small site is not read as drift.</p>"
         f"{_table(headers, rows)}"
     )
 
@@ -366,6 +395,7 @@ def render_html(evaluation: Evaluation) -> str:
         _features_html(evaluation),
         _cohort_html(evaluation),
         _versions_html(evaluation),
+        tripod_html(evaluation),
     ]
     return (
         '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'

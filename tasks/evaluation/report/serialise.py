@@ -12,8 +12,8 @@ import math
 from dataclasses import fields, is_dataclass
 from typing import Any
 
-from tasks.data.schema import SPLITS
-from tasks.evaluation.results import Evaluation
+from tasks.evaluation.report.tripod import tripod_section
+from tasks.evaluation.results import EVALUATION_SETS, Evaluation
 from tasks.models.pipelines import MODELS
 
 DISCLAIMER = (
@@ -42,8 +42,9 @@ def plain(value: Any) -> Any:
 
 def report_json(evaluation: Evaluation) -> dict[str, Any]:
     """``report.json``: every field of the evaluation in its order, ``checks`` only when
-    set, then the ROC curves (``{model: {set: {"fpr", "tpr", "n", "n_pos"} | None}}``) and
-    the disclaimer."""
+    set, then the ROC curves (``{model: {set: {"fpr", "tpr", "n", "n_pos"} | None}}``), the
+    TRIPOD+AI items (:func:`~tasks.evaluation.report.tripod.tripod_section`) and the
+    disclaimer."""
     out = {
         f.name: plain(getattr(evaluation, f.name))
         for f in fields(evaluation)
@@ -55,6 +56,7 @@ def report_json(evaluation: Evaluation) -> dict[str, Any]:
         model: {split: plain(curve) if curve.defined else None for split, curve in by_split.items()}
         for model, by_split in evaluation.roc.items()
     }
+    out["tripod"] = plain(tripod_section(evaluation))
     out["disclaimer"] = DISCLAIMER
     return out
 
@@ -70,7 +72,7 @@ def metrics_table(evaluation: Evaluation) -> list[dict[str, Any]]:
     rows = []
     for model in (m for m in MODELS if m in evaluation.models):
         by_split = evaluation.models[model]
-        for split in (s for s in SPLITS if s in by_split):
+        for split in (s for s in EVALUATION_SETS if s in by_split):
             m = by_split[split]
             lo, hi = m.auc_ci
             rows.append(

@@ -6,6 +6,10 @@ nothing: returns float32 tensors in [0, 1], ``bmus [1, S, S]`` and ``cdus [3, S,
 
 Input contract of :mod:`~tasks.features.cnn.network`: square crops scaled to [0, 1]. This
 module crops and scales; the network normalises, so nothing here applies ImageNet mean/std.
+
+A DICOM frame with a Sequence of Ultrasound Regions is cropped inside its imaging area (the
+region holding the lesion, :func:`tasks.data.dicom.imaging_region`): pixels outside it, where
+scanners burn in text, calipers and scales, read as zero, as past the image border.
 """
 
 from __future__ import annotations
@@ -18,11 +22,12 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from tasks.data import uris
+from tasks.data import dicom, uris
 from tasks.data.schema import GENERATED_VARIANTS, MASK_VARIANTS, case_variants, perturbed_mask_sha
 from tasks.features.imaging import (
     InputError,
     as_2d,
+    case_frame,
     case_value,
     error_reason,
     read_image,
@@ -141,7 +146,7 @@ def _read_frame(case: Mapping[str, Any], column: str) -> sitk.Image:
     """The 2D frame of a row's image file as stored (colour kept: CDUS needs it)."""
     uri = str(case[column])
     try:
-        return as_2d(read_image(uri))
+        return as_2d(read_image(uri, *case_frame(case, column)))
     except (RuntimeError, ValueError, OSError) as exc:
         raise InputError(uri, f"unreadable image: {error_reason(exc)}", column) from exc
 
@@ -161,6 +166,35 @@ def _cdus_array(image: sitk.Image) -> np.ndarray:
     elif array.shape[2] < 3:
         array = np.repeat(array[..., :1], 3, axis=2)  # grey + alpha
     return _unit(np.ascontiguousarray(array[..., :3]), array.dtype)
+
+
+def _regions(case: Mapping[str, Any], column: str) -> dicom.Header | None:
+    """The DICOM header of a row's image when it has ultrasound regions, else None."""
+    uri = case_value(case, column)
+    if not uri or not dicom.is_dicom(str(uri)):
+        return None
+    try:
+        header = dicom.read_header(str(uri))
+    except (dicom.DicomError, OSError) as exc:
+        raise InputError(str(uri), f"unreadable image: {error_reason(exc)}", column) from exc
+    return header if header.regions else None
+
+
+def _inside(
+    array: np.ndarray, header: dicom.Header | None, box: tuple[float, float, float], scale
+) -> np.ndarray:
+    """``array`` with zeros outside the imaging region that holds the crop box's centre
+    (``box`` in BMUS pixels, times ``scale`` for this image); unchanged without regions."""
+    if header is None:
+        return array
+    cy, cx = int(box[0] * scale[0]), int(box[1] * scale[1])
+    region = dicom.imaging_region(header, (cy, cx, cy, cx))
+    if region is None:
+        return array
+    out = np.zeros_like(array)
+    rows, cols = slice(region.top, region.bottom + 1), slice(region.left, region.right + 1)
+    out[rows, cols] = array[rows, cols]
+    return out
 
 
 # -- crops of a case ---------------------------------------------------------------------------
@@ -206,6 +240,9 @@ def case_crops(
     scale = (1.0, 1.0)
     if cdus is not None:
         scale = (cdus.shape[0] / bmus.shape[0], cdus.shape[1] / bmus.shape[1])
+    # Burned-in annotations around a DICOM frame's imaging area stay out of the crops.
+    bmus_regions = _regions(case, "bmus_image")
+    cdus_regions = _regions(case, "cdus_image") if cdus is not None else None
     crops: dict[str, Crop] = {}
     for variant in variants:
         if variant not in available:
@@ -221,9 +258,11 @@ def case_crops(
         except ValueError as exc:
             uri = str(case[spec.column])
             raise InputError(uri, f"unusable mask: {error_reason(exc)}", spec.column) from exc
+        bmus_in = _inside(bmus, bmus_regions, box, (1.0, 1.0))
+        cdus_in = None if cdus is None else _inside(cdus, cdus_regions, box, scale)
         crops[variant] = (
-            _crop(bmus, box, (1.0, 1.0), size),
-            None if cdus is None else _crop(cdus, box, scale, size),
+            _crop(bmus_in, box, (1.0, 1.0), size),
+            None if cdus_in is None else _crop(cdus_in, box, scale, size),
         )
     return crops
 

@@ -1,7 +1,8 @@
 """Sparsity stage of feature selection: the features of a cross-validated L1 logistic model.
 
 :class:`LassoSelector` keeps the nonzero coefficients of an L1-penalised logistic
-regression whose penalty is chosen by stratified cross-validation (1-SE or min rule).
+regression whose penalty is chosen by stratified cross-validation (1-SE or min rule),
+grouped by patient when ``fit`` is given the cases' ``groups``.
 
 Reads a standardised feature matrix and the binary outcome; writes nothing. The CV folds
 are the slow part of model fitting, so ``fit`` can report each finished fold to a
@@ -20,7 +21,7 @@ from scipy.stats import rankdata
 from sklearn.base import BaseEstimator
 from sklearn.feature_selection import SelectorMixin
 from sklearn.linear_model import LogisticRegression
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold
 from sklearn.utils.validation import check_is_fitted, validate_data
 
 from tasks.models.selection._base import _binary_target, _feature_names
@@ -88,8 +89,10 @@ class LassoSelector(SelectorMixin, BaseEstimator):
     Parameters
     ----------
     cv : int or cross-validation splitter, default=10
-        Number of folds of :class:`~sklearn.model_selection.StratifiedKFold` (shuffled with
-        ``random_state``), or a splitter with a ``split(X, y)`` method.
+        Number of folds of :class:`~sklearn.model_selection.StratifiedKFold`, or of
+        :class:`~sklearn.model_selection.StratifiedGroupKFold` when ``fit`` is given
+        ``groups`` (both shuffled with ``random_state``), or a splitter with a
+        ``split(X, y, groups)`` method.
     rule : {"1se", "min"}, default="1se"
         How ``C`` is chosen from the CV curve (see above).
     Cs : int or array-like of float, default=50
@@ -126,7 +129,11 @@ class LassoSelector(SelectorMixin, BaseEstimator):
     fallback_ : bool
         True when the rule's ``C`` selected no feature and the smallest ``C`` selecting at
         least one was used instead: a model without features cannot score a case, so an
-        empty selection would only fail later and less clearly.
+        empty selection would only fail later and less clearly. Callers report it.
+    C_rule_ : float
+        The ``C`` the rule chose, before any fallback (``C_`` unless ``fallback_``).
+    grouped_ : bool
+        Whether the CV folds were grouped (``groups`` given to ``fit``).
     support_ : ndarray of shape (n_features_in_,), dtype bool
         Which features are selected.
     n_features_in_ : int
@@ -173,7 +180,7 @@ class LassoSelector(SelectorMixin, BaseEstimator):
         self.max_iter = max_iter
         self.tol = tol
 
-    def fit(self, X, y, progress: Callable[[int, int], None] | None = None):
+    def fit(self, X, y, groups=None, progress: Callable[[int, int], None] | None = None):
         """Cross-validate the penalty, refit at the chosen one, select nonzero coefficients.
 
         Parameters
@@ -182,6 +189,11 @@ class LassoSelector(SelectorMixin, BaseEstimator):
             Standardised training features.
         y : array-like of shape (n_samples,)
             Binary outcome.
+        groups : array-like of shape (n_samples,), optional
+            The patient of each case: no patient has cases in both the fitting and the
+            held-out part of a fold (a patient's lesions are not independent, and the
+            held-out score would flatter the weaker penalties). In a pipeline pass it
+            step-prefixed, ``pipe.fit(X, y, lasso__groups=patients)``.
         progress : callable, optional
             Called as ``progress(fold, n_folds)`` after each CV fold has been fitted over
             the whole grid (``fold`` from 1), so that a caller can report how far the
@@ -201,10 +213,14 @@ class LassoSelector(SelectorMixin, BaseEstimator):
             raise ValueError(f"scoring must be one of {_SCORINGS}; got {self.scoring!r}")
         y01 = _binary_target(y)
         grid = self._grid(X, y01)
-        splitter = self._splitter()
 
         # The folds are listed first only so that progress can name their number.
-        folds = list(splitter.split(X, y01))
+        if groups is not None:
+            groups = np.asarray(groups)
+            if groups.shape[0] != X.shape[0]:
+                raise ValueError(f"groups has {groups.shape[0]} values for {X.shape[0]} cases")
+        splitter = self._splitter(grouped=groups is not None)
+        folds = list(splitter.split(X, y01, groups))
         fold_scores = []
         for fold, (train, test) in enumerate(folds, start=1):
             model = _l1_logistic(grid[0], self.max_iter, self.tol, self.random_state)
@@ -238,6 +254,8 @@ class LassoSelector(SelectorMixin, BaseEstimator):
             n_iter[i] = model.n_iter_[0]
         n_nonzero = (coefs != 0).sum(axis=1)
 
+        self.C_rule_ = float(grid[chosen])
+        self.grouped_ = groups is not None
         self.fallback_ = bool(n_nonzero[chosen] == 0)
         if self.fallback_:
             nonempty = np.flatnonzero(n_nonzero > 0)
@@ -280,11 +298,12 @@ class LassoSelector(SelectorMixin, BaseEstimator):
             raise ValueError("Cs must be an int or an array of positive finite numbers")
         return grid
 
-    def _splitter(self):
+    def _splitter(self, grouped: bool = False):
         if isinstance(self.cv, numbers.Integral) and not isinstance(self.cv, bool):
             if self.cv < 2:
                 raise ValueError(f"cv must be >= 2; got {self.cv}")
-            return StratifiedKFold(int(self.cv), shuffle=True, random_state=self.random_state)
+            kind = StratifiedGroupKFold if grouped else StratifiedKFold
+            return kind(int(self.cv), shuffle=True, random_state=self.random_state)
         if hasattr(self.cv, "split"):
             return self.cv
         raise ValueError(f"cv must be an int or a splitter with split(X, y); got {self.cv!r}")

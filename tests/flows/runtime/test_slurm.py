@@ -41,19 +41,25 @@ def test_secrets_are_only_named_and_plain_settings_are_exported():
         "SLN_CLUSTER": "slurm",
         "PREFECT_API_URL": "http://127.0.0.1:4200/api",
         "PREFECT_API_KEY": "pnu_secret",
+        "PREFECT_API_DATABASE_PASSWORD": "db-secret",
         "HOME": "/root",
         "DASK_SCHEDULER_ADDRESS": "tcp://elsewhere:8786",
     }
     plain, secrets = slurm_runtime.worker_env(environ)
-    assert secrets == ["AWS_ACCESS_KEY_ID", SECRET, "PREFECT_API_KEY"]
+    assert secrets == [
+        "AWS_ACCESS_KEY_ID",
+        SECRET,
+        "PREFECT_API_KEY",
+        "PREFECT_API_DATABASE_PASSWORD",  # credential-looking names go by name too
+    ]
     assert plain["AWS_ENDPOINT_URL"] == "http://127.0.0.1:9000"
     assert plain["SLN_STORE"] == "s3://bucket/store"
     assert plain["PREFECT_API_URL"] == "http://127.0.0.1:4200/api"
     assert plain["OMP_NUM_THREADS"] == "1"
     for name in ("HOME", "SLN_CLUSTER", "DASK_SCHEDULER_ADDRESS", *secrets):
         assert name not in plain
-    assert slurm_runtime.export_directive(secrets) == (
-        "--export=AWS_ACCESS_KEY_ID,AWS_SECRET_ACCESS_KEY,PREFECT_API_KEY"
+    assert slurm_runtime.export_directive(secrets[:2]) == (
+        "--export=AWS_ACCESS_KEY_ID,AWS_SECRET_ACCESS_KEY"
     )
     assert slurm_runtime.export_directive([]) == "--export=NONE"
 
@@ -125,6 +131,14 @@ def test_pools_scale_with_their_own_tasks(cluster):
         client.cancel(cpu + gpu)
 
 
+def test_cpu_jobs_leave_room_for_gpu_jobs_on_shared_nodes(monkeypatch):
+    partitions = {"cpu": {"n1": 2}, "gpu": {"n1": 2}, "big": {"a": 64, "b": 64}, "gpus": {"g": 8}}
+    monkeypatch.setattr(slurm_runtime, "partition_cpus", lambda p: partitions.get(p, {}))
+    assert slurm_runtime.cpu_job_cap("cpu", "gpu", 1) == 1  # make slurm's one 2-core node
+    assert slurm_runtime.cpu_job_cap("big", "gpus", 4) == 128  # separate GPU nodes
+    assert slurm_runtime.cpu_job_cap("missing", "gpu", 1) is None  # sinfo cannot tell
+
+
 def test_task_runner_picks_slurm_from_settings(slurm_settings):
     runner = task_runner(slurm_settings.model_copy(update={"cluster": "slurm"}))
     assert runner.cluster_class is slurm_runtime.make_cluster
@@ -184,6 +198,22 @@ def squeue_empty(env: dict[str, str], timeout: float = 30) -> bool:
     return False
 
 
+def no_process_mentions(text: str, timeout: float = 30) -> bool:
+    """True once no process has ``text`` in its command line (jobs get KillWait=5 s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        found = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                if text in cmdline.read_bytes().decode(errors="replace"):
+                    found.append(cmdline.parent.name)
+            except OSError:
+                continue
+        if not found or time.monotonic() > deadline:
+            return not found
+        time.sleep(1)
+
+
 def completed_jobs(slurm_dir: Path) -> dict[str, dict[str, str]]:
     """slurmctld's jobcomp/filetxt records: one ``Key=Value ...`` line per finished job."""
     log = slurm_dir / "log" / "jobcomp.log"
@@ -228,9 +258,7 @@ def test_cohort_retrain_validate_on_slurm(slurm, prefect_api, s3_endpoint, tmp_p
         "SLN_CLUSTER": "slurm",
         "SLN_TLS_DIR": str(tls_dir),
         "SLN_SLURM_LOG_DIR": str(jobs_dir),
-        "SLN_SLURM_CPU_JOBS": "1",  # the node has 2 cores: one CPU job beside the GPU job
-        "SLN_SLURM_GPU_JOBS": "1",
-        "SLN_SLURM_MEMORY": "3GB",
+        "SLN_SLURM_MEMORY": "3GB",  # job counts: the defaults, capped by the node's cores
         "SLN_CNN_SIZE": "64",
         "SLN_CNN_EPOCHS": "1",
         "SLN_CNN_BATCH_SIZE": "8",
@@ -282,6 +310,9 @@ def test_cohort_retrain_validate_on_slurm(slurm, prefect_api, s3_endpoint, tmp_p
         assert record["Name"].startswith(f"sln-{record['Partition']}-"), record
         if record["Partition"] == "gpu":
             gpu_workers.add(record["Name"].removeprefix("sln-"))
+
+    # No worker process outlived its job (they all carry the test's certificate folder).
+    assert no_process_mentions(str(tls_dir)), "worker processes left after the jobs ended"
 
     # Every CNN row came from a gpu-partition worker; every case is stored exactly once.
     feature_store = FeatureStore(store)

@@ -10,8 +10,9 @@ from cryptography import x509
 from distributed import Client, Scheduler, Worker
 
 from flows.runtime.cluster import start_cluster, stop_cluster
-from flows.runtime.runners import check_gpu_workers
+from flows.runtime.runners import check_gpu_workers, task_runner
 from flows.runtime.tls import ROLES, certs_valid, ensure_certs, make_certs, security
+from tasks.config import Settings
 
 
 def test_certs_are_signed_by_the_ca_and_keys_are_private(tmp_path):
@@ -68,6 +69,11 @@ def test_make_cluster_tls(tmp_path, free_tcp_port):
     try:
         assert address.startswith("tls://127.0.0.1:")
         assert check_gpu_workers(address, security=security(folder)) == ["gpu-0"]
+        runner = task_runner(
+            Settings(cluster="address", dask_scheduler_address=address, tls_dir=folder)
+        )
+        assert runner.address == address
+        assert runner.client_kwargs["security"].require_encryption
         with pytest.raises(OSError):
             check_gpu_workers(address.replace("tls://", "tcp://"), timeout=3)
     finally:

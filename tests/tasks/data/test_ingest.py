@@ -159,3 +159,20 @@ def test_ingest_task_is_the_prefect_task_of_ingest():
     assert ingest_task.fn is ingest
     assert ingest_task.name == "ingest"
     assert ingest_task.retries == 1
+
+
+def test_a_manifest_cannot_move_a_stored_patient_to_another_split(tiny_cohort, tmp_path):
+    store = tmp_path / "store"
+    _ingest(tiny_cohort, store)
+    before = FeatureStore(str(store)).read("cohort").set_index("case_id")
+    old = before.at["T000", "split"]
+    frame = pd.read_csv(tiny_cohort, dtype=str, keep_default_na=False)
+    frame.loc[0, "split"] = "testing" if old == "training" else "training"
+    frame.to_csv(tiny_cohort, index=False)
+
+    report = _ingest(tiny_cohort, store)
+    assert report.quarantined == 1 and report.new_versions == 0
+    quarantine = FeatureStore(str(store)).read("quarantine").set_index("case_id")
+    assert "conflicts with the patient's stored split" in quarantine.at["T000", "reason"]
+    cohort = FeatureStore(str(store)).read("cohort")
+    assert cohort.groupby("patient_key")["split"].nunique().max() == 1

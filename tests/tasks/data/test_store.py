@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+from pathlib import Path
+
 import pandas as pd
 import pytest
 
@@ -172,3 +177,68 @@ def test_s3_round_trip(tiny_cohort, s3_bucket):
     # Time travel: the first commit still reads back as it was.
     assert len(store.read("cohort", version=0)) == 8
     assert store.version(COHORT) == 0  # nothing new: no second commit
+
+
+def _insert_batch(root: str, env: dict, start: float) -> int:
+    import os
+    import time
+
+    os.environ.update(env)
+    time.sleep(max(0.0, start - time.time()))  # all writers read the keys at once
+    cases = [f"C{i:03d}" for i in range(40)]
+    return FeatureStore(root).insert_new(PREDICTIONS, _scores(cases, 0.5))
+
+
+def test_concurrent_writers_in_separate_processes_store_each_key_once(store):
+    # Four processes insert the same 40 keys at the same instant: without the table's
+    # lease each reads "no keys stored" and appends all 40.
+    import multiprocessing as mp
+    import os
+    import time
+
+    env = {k: v for k, v in os.environ.items() if k.startswith("AWS_")}
+    start = time.time() + 3
+    with mp.get_context("spawn").Pool(4) as pool:
+        inserted = pool.starmap(_insert_batch, [(store.root, env, start)] * 4)
+    assert sorted(inserted) == [0, 0, 0, 40]
+    stored = store.read(PREDICTIONS)
+    assert len(stored) == 40 and not stored.duplicated(list(PREDICTIONS.keys)).any()
+
+
+@contextlib.contextmanager
+def _read_only(root: Path):
+    """``root`` made read-only: a read-only bind mount as root (who ignores file modes),
+    else file modes."""
+    if os.geteuid() == 0:
+        done = subprocess.run(["mount", "--bind", str(root), str(root)], capture_output=True)
+        if done.returncode:
+            pytest.skip(f"cannot bind-mount as root: {done.stderr.decode().strip()}")
+        try:
+            subprocess.run(["mount", "-o", "remount,bind,ro", str(root)], check=True)
+            yield
+        finally:
+            subprocess.run(["umount", str(root)], check=True)
+        return
+    paths = [root, *root.rglob("*")]
+    for path in paths:
+        path.chmod(0o555 if path.is_dir() else 0o444)
+    try:
+        yield
+    finally:
+        for path in paths:
+            path.chmod(0o755 if path.is_dir() else 0o644)
+
+
+def test_a_read_only_store_is_a_clear_error_naming_the_store(tmp_path):
+    from tasks.data.store import StoreWriteError
+
+    root = tmp_path / "store"
+    store = FeatureStore(str(root))
+    store.insert_new(PREDICTIONS, _scores(["A"], 0.1))
+    with _read_only(root):
+        with pytest.raises(StoreWriteError, match=f"store {root}: cannot write table predictions"):
+            store.insert_new(PREDICTIONS, _scores(["B"], 0.2))
+        with pytest.raises(StoreWriteError, match=f"store {root}: cannot write reports/r.json"):
+            store.write_bytes(b"x", "reports", "r.json")
+        assert _keys(store.read(PREDICTIONS)) == [("r1", "A")]  # reads still work
+    assert _keys(store.read(PREDICTIONS)) == [("r1", "A")]  # nothing stored was lost

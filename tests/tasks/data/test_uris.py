@@ -160,3 +160,29 @@ def test_a_symlink_inside_a_file_uri_root_pointing_outside_is_refused(tmp_path):
     (outside / "secret.png").write_bytes(b"x")
     (root / "link").symlink_to(outside, target_is_directory=True)
     assert not _confined("link/secret.png", f"file://{root}", f"file://{root}")
+
+
+def test_exists_tells_not_found_from_a_storage_failure(tmp_path, monkeypatch, free_tcp_port):
+    # fsspec's isfile answers False to every error: an unreachable store would read as
+    # "file not found" and quarantine good cases. Here it is a StorageError (retried).
+    import s3fs
+
+    (tmp_path / "f.png").write_bytes(b"x")
+    assert uris.exists(str(tmp_path / "f.png"))
+    assert not uris.exists(str(tmp_path / "nope.png"))
+    assert not uris.exists(str(tmp_path / "f.png" / "below"))  # a file as a folder
+    assert not uris.exists(str(tmp_path))  # a folder is not a file
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_tcp_port()}")  # nobody
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
+    monkeypatch.setattr(s3fs.S3FileSystem, "retries", 1)
+    s3fs.S3FileSystem.clear_instance_cache()
+    with pytest.raises(uris.StorageError, match="storage error checking s3://b/k.png"):
+        uris.exists("s3://b/k.png")
+    s3fs.S3FileSystem.clear_instance_cache()
+
+
+def test_exists_on_s3(s3_bucket):
+    uris.write_bytes(f"{s3_bucket}/a/f.png", b"x")
+    assert uris.exists(f"{s3_bucket}/a/f.png")
+    assert not uris.exists(f"{s3_bucket}/a/nope.png")

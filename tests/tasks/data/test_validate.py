@@ -55,7 +55,7 @@ def test_an_unreadable_image_is_quarantined_with_the_readers_message(bad_manifes
     assert ".cxx" not in reason
 
 
-def test_valid_rows_are_typed_cohort_rows_with_lineage(tiny_cohort):
+def test_valid_rows_are_typed_cohort_rows_with_lineage(tiny_cohort, pseudonym_key):
     validated = validate_manifest(str(tiny_cohort), Settings(seed=5), "run-7")
     cohort = validated.cohort
     assert list(cohort.columns) == list(COHORT.dtypes)
@@ -64,7 +64,9 @@ def test_valid_rows_are_typed_cohort_rows_with_lineage(tiny_cohort):
     assert (cohort["run_id"] == "run-7").all()
     assert (cohort["manifest"] == str(tiny_cohort)).all()
     assert cohort["split"].isna().all() and cohort["split_source"].isna().all()
-    assert cohort.set_index("case_id").at["T000", "patient_key"] == pseudonymise("P000", 5)
+    assert cohort.set_index("case_id").at["T000", "patient_key"] == pseudonymise(
+        "P000", pseudonym_key
+    )
     assert cohort["case_version"].str.len().eq(20).all()
     assert cohort["bmus_image"].map(lambda p: p.startswith(str(tiny_cohort.parent))).all()
 
@@ -201,14 +203,95 @@ def test_a_mask_without_its_image_is_reported(tiny_cohort):
 
 def test_case_version_follows_content_and_clinical_fields_only():
     record = {"site": "A", "patient_id": "P", "label": 0, "bmus_image_sha256": "h1"}
-    same = case_version(record)
-    assert same == case_version(record | {"bmus_image": "/another/path.png", "run_id": "x"})
-    assert same != case_version(record | {"label": 1})
-    assert same != case_version(record | {"bmus_image_sha256": "h2"})
+    same = case_version(record, b"k" * 32)
+    assert same == case_version(
+        record | {"bmus_image": "/another/path.png", "run_id": "x"}, b"k" * 32
+    )
+    assert same != case_version(record | {"label": 1}, b"k" * 32)
+    assert same != case_version(record | {"bmus_image_sha256": "h2"}, b"k" * 32)
 
 
-def test_pseudonymise_is_stable_keyed_and_does_not_reveal_the_id():
-    key = pseudonymise("P-001", 1)
-    assert key == pseudonymise("P-001", 1) and len(key) == 16
-    assert key != pseudonymise("P-001", 2) and key != pseudonymise("P-002", 1)
+def test_case_version_cannot_be_recomputed_from_a_stored_row_without_the_key():
+    # The stored fields plus a guessed patient id give the unkeyed hash, never the version.
+    import hashlib
+    import json
+
+    record = {"site": "A", "patient_id": "1234567", "label": 0, "bmus_image_sha256": "h1"}
+    fields = ["site", "patient_id", "exam_date", "label", "split", "pixel_spacing_mm"]
+    fields += ["bmus_image_sha256", "bmus_mask_sha256", "cdus_image_sha256", "cdus_mask_sha256"]
+    fields += ["bmus_mask_reader2_sha256", "bmus_mask_repeat_sha256"]
+    payload = json.dumps({k: record.get(k) for k in fields}, sort_keys=True, default=str)
+    unkeyed = hashlib.sha256(payload.encode()).hexdigest()[:20]
+    assert case_version(record, b"k" * 32) != unkeyed
+    assert case_version(record, b"k" * 32) != case_version(record, b"j" * 32)
+
+
+def test_pseudonymise_is_an_hmac_of_the_secret_key_not_of_the_seed():
+    import hashlib
+    import hmac
+
+    key = pseudonymise("P-001", b"k" * 32)
+    assert key == pseudonymise("P-001", b"k" * 32) and len(key) == 32
+    assert key != pseudonymise("P-001", b"j" * 32) and key != pseudonymise("P-002", b"k" * 32)
     assert "P-001" not in key
+    expected = hmac.new(b"k" * 32, b"sln-patient:P-001", hashlib.sha256).hexdigest()[:32]
+    assert key == expected
+    # The old seed-keyed hash (seed 20250101 default) is not what is stored.
+    assert key[:16] != hashlib.sha256(b"sln-patient:20250101:P-001").hexdigest()[:16]
+
+
+def test_validation_refuses_to_start_without_a_key(tiny_cohort, monkeypatch, tmp_path):
+    from tasks.data.secrets import ENV, MissingKeyError
+
+    monkeypatch.delenv(ENV)
+    with pytest.raises(MissingKeyError, match=ENV):
+        validate_manifest(str(tiny_cohort), Settings(store=str(tmp_path / "s")), "r")
+
+
+def _stored_cohort(tiny_cohort, **changes) -> pd.DataFrame:
+    """The tiny cohort as already ingested (seeded keys), with ``changes`` per case id."""
+    stored = validate_manifest(str(tiny_cohort), Settings(), "r0").cohort.copy()
+    stored["split"] = "training"
+    for case, values in changes.items():
+        for column, value in values.items():
+            stored.loc[stored["case_id"] == case, column] = value
+    return stored
+
+
+def test_a_case_id_stored_for_another_patient_or_site_is_quarantined(tiny_cohort):
+    stored = _stored_cohort(
+        tiny_cohort,
+        T000={"patient_key": pseudonymise("someone-else", b"another key" * 3)},
+        T001={"site": "Z"},
+    )
+    validated = validate_manifest(str(tiny_cohort), Settings(), "r", stored=stored)
+    reasons = validated.quarantine.set_index("case_id")["reason"]
+    assert reasons["T000"] == "case_id T000 is already stored for another patient"
+    assert reasons["T001"] == "case_id T001 is already stored for site Z"
+    assert set(validated.cohort["case_id"]) == {f"T{i:03d}" for i in range(2, 8)}
+
+
+def test_a_manifest_split_against_the_stored_patient_split_is_quarantined(tiny_cohort):
+    stored = _stored_cohort(tiny_cohort)  # every patient stored in training
+    frame = pd.read_csv(tiny_cohort, dtype=str, keep_default_na=False)
+    frame.loc[0, "split"] = "testing"
+    frame.loc[1, "split"] = "training"
+    frame.to_csv(tiny_cohort, index=False)
+    validated = validate_manifest(str(tiny_cohort), Settings(), "r", stored=stored)
+    quarantine = validated.quarantine.set_index("case_id")
+    assert list(quarantine.index) == ["T000"]
+    assert quarantine.at["T000", "reason"] == (
+        "manifest split testing conflicts with the patient's stored split training (leakage)"
+    )
+    assert quarantine.at["T000", "column"] == "split"
+
+
+def test_one_lesion_in_testing_and_one_unsplit_is_quarantined(tiny_cohort):
+    frame = pd.read_csv(tiny_cohort, dtype=str, keep_default_na=False)
+    frame.loc[[0, 1], "patient_id"] = "P000"
+    frame.loc[0, "split"] = "testing"
+    frame.to_csv(tiny_cohort, index=False)
+    validated = validate_manifest(str(tiny_cohort), Settings(), "r")
+    held = validated.quarantine
+    assert sorted(held["case_id"]) == ["T000", "T001"]
+    assert held["reason"].str.contains("mix split testing with empty splits").all()

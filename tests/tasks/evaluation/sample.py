@@ -20,6 +20,7 @@ from dataclasses import replace
 
 import numpy as np
 import pandas as pd
+from scipy.special import expit
 from sklearn.compose import ColumnTransformer
 from sklearn.feature_selection import SelectKBest, f_classif
 from sklearn.linear_model import LogisticRegression
@@ -108,8 +109,10 @@ def _fit(data: FeatureData, name: str, columns: list[str], k: int) -> FittedMode
     train = cases.index[(cases["split"] == "training") & cases["label"].notna()]
     X, y = data.reader1.loc[train], cases.loc[train, "label"].astype(int).to_numpy()
     pipeline = _pipeline(columns, k).fit(X, y)
-    threshold = youden_threshold(y, pipeline.predict_proba(X)[:, 1])
-    return FittedModel(name, pipeline, threshold, icc_applied=True)
+    cutoff = youden_threshold(y, pipeline.decision_function(X))
+    return FittedModel(
+        name, pipeline, float(expit(cutoff)), icc_applied=True, threshold_lp=float(cutoff)
+    )
 
 
 def fit_models(data: FeatureData) -> dict[str, FittedModel]:

@@ -4,6 +4,7 @@ decision, the predictions rows and the cohort counts from a real Delta store."""
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from dataclasses import replace
@@ -13,7 +14,8 @@ import numpy as np
 import pandas as pd
 import pytest
 from deltalake import write_deltalake
-from sklearn.metrics import roc_curve
+from scipy.special import expit
+from sklearn.metrics import roc_auc_score, roc_curve
 
 from tasks.config import Settings
 from tasks.data.store import FeatureStore
@@ -40,8 +42,9 @@ def _rows(data: FeatureData, split: str) -> pd.DataFrame:
 
 
 def _scores(data, model, rows) -> tuple[np.ndarray, np.ndarray]:
+    """Labels and the model's linear predictor (where every number is computed)."""
     y = rows["label"].astype(int).to_numpy()
-    return y, model.predict_proba(data.reader1.loc[rows.index])
+    return y, model.decision_function(data.reader1.loc[rows.index])
 
 
 def _evaluate(data, models, **kwargs) -> Evaluation:
@@ -60,19 +63,17 @@ def test_every_set_and_site_metric_is_the_metrics_of_its_rows(
     for name, model in fitted.items():
         assert list(ev.models[name]) == list(SPLITS)
         for split in SPLITS:
-            y, prob = _scores(feature_data, model, _rows(feature_data, split))
-            expected = model_set_metrics(y, prob, model.threshold)
+            y, lp = _scores(feature_data, model, _rows(feature_data, split))
+            expected = model_set_metrics(y, expit(lp), model.cutoff, linear_predictor=lp)
             got = ev.models[name][split]
             assert isinstance(got, ModelSetMetrics)
             assert got.n == len(y) and got.auc == expected["auc"]
             assert got.auc_ci == tuple(expected["auc_ci"])
             assert got.sensitivity == expected["sensitivity"] and got.brier == expected["brier"]
-            fpr, tpr, _ = roc_curve(y, prob)
+            fpr, tpr, _ = roc_curve(y, lp)
             assert ev.roc[name][split].fpr == tuple(fpr) and ev.roc[name][split].n_pos == y.sum()
             assert sum(b.count for b in ev.calibration[name][split].curve) == len(y)
             assert len(ev.decision_curves[name][split]) == 98
-        assert sorted(ev.per_site[name]) == ["A", "B", "C", "D"]
-        assert sum(m.n for m in ev.per_site[name].values()) == sample.COHORT_FLOW["labelled"]
     assert ev.thresholds == {name: m.threshold for name, m in fitted.items()}
     assert ev.selected_features["COMB"] == fitted["COMB"].selected_features()
     assert len(ev.selected_features["COMB"]) == 3
@@ -115,30 +116,98 @@ def test_lineage_versions_and_creation_time(feature_data, fitted):
 
 
 def test_icc_notes(feature_data, fitted, sample_evaluation):
-    assert sample_evaluation.notes == (
-        "ICC filter on repeat delineations (inter 30 training cases)",
-    )
+    note = sample_evaluation.notes[0]
+    assert note.startswith("ICC filter on delineations") and "inter: n=30" in note
     off = {k: replace(m, icc_applied=False) for k, m in fitted.items()}
-    (note,) = _evaluate(feature_data, off).notes
-    assert note.startswith("ICC filter NOT applied")
-    training = feature_data.cases.index[feature_data.cases["split"] == "training"][:12]
+    note = _evaluate(feature_data, off).notes[0]
+    assert note.startswith("ICC filter NOT applied") and "inter: n=30" in note
+    training = feature_data.cases.index[feature_data.cases["split"] == "training"][:24]
     reader1 = feature_data.reader1
     perturbed = replace(
         feature_data, X={"reader1": reader1, "perturbed": reader1.loc[training] * 1.01}
     )
-    (note,) = _evaluate(perturbed, fitted).notes
-    assert note.startswith("ICC filter on perturbed masks") and "of 12 training cases" in note
+    note = _evaluate(perturbed, fitted).notes[0]
+    assert note.startswith("ICC filter on perturbed masks") and "perturbed: n=24" in note
 
 
-def test_drift_per_site_against_training(sample_evaluation):
+def test_drift_per_site_within_each_set_on_the_models_inputs(sample_evaluation, fitted):
     drift = sample_evaluation.drift
-    assert list(drift) == ["A", "B", "C"]  # site D has fewer than 10 cases
-    shifted = drift["C"]  # the validation site, one feature shifted by 1.5 SD
-    assert shifted.n == 60 and shifted.top[0].feature == "hf:intratumoral:feature_4"
-    assert shifted.top[0].psi == shifted.psi_max > 0.25 and shifted.features_over_0_25 >= 1
-    assert drift["A"].psi_max < 0.25 and drift["A"].features_over_0_25 == 0
-    assert [t.psi for t in shifted.top] == sorted((t.psi for t in shifted.top), reverse=True)
-    assert len(shifted.top) == 5
+    assert list(drift) == ["validation", "testing"]
+    assert sorted(drift["validation"]) == ["C"] and sorted(drift["testing"]) == ["A", "B", "D"]
+    site_c = drift["validation"]["C"]
+    inputs = list(fitted["COMB"].selected_features())
+    assert site_c.model == "COMB" and site_c.features == len(inputs) and site_c.n == 60
+    # Only the model's selected inputs are tested: the validation site's shifted feature
+    # (feature_4, +1.5 SD) is not one of COMB's, so it is not in the table at all.
+    assert {t.feature for t in site_c.top} == set(inputs)
+    assert "hf:intratumoral:feature_4" not in inputs
+    assert [t.psi for t in site_c.top] == sorted((t.psi for t in site_c.top), reverse=True)
+    for site in ("A", "B"):  # no shift: nothing flagged
+        assert drift["testing"][site].features_flagged == 0
+    assert "too few" in drift["testing"]["D"].note  # five cases
+
+
+def test_per_site_metrics_within_each_set_only_with_enough_cases(sample_evaluation, feature_data):
+    per_site = sample_evaluation.per_site
+    assert list(per_site) == ["training", "validation", "testing"]
+    cases = feature_data.cases[feature_data.cases["label"].notna()]
+    for split, by_site in per_site.items():
+        for site, by_model in by_site.items():
+            rows = cases[(cases["split"] == split) & (cases["site"] == site)]
+            m = by_model["COMB"]
+            assert m.n == len(rows) and m.n_pos == int(rows["label"].sum())
+            assert m.tp + m.fp + m.tn + m.fn == m.n
+            enough = m.n >= 20 and min(m.n_pos, m.n_neg) >= 5
+            assert m.enough == enough and (math.isfinite(m.auc) == enough)
+    d = per_site["testing"]["D"]["COMB"]  # five negatives only
+    assert not d.enough and d.note.startswith("too few") and math.isnan(d.auc)
+    # A site's training rows never mix with its testing rows.
+    a_train = per_site["training"]["A"]["COMB"]
+    assert a_train.n == len(cases[(cases["split"] == "training") & (cases["site"] == "A")])
+
+
+def test_auc_and_calibration_use_the_linear_predictor_without_saturation_ties(feature_data, fitted):
+    # Scale COMB's coefficients up so that predict_proba saturates at exactly 1.0.
+    comb = fitted["COMB"]
+    pipeline = copy.deepcopy(comb.pipeline)
+    pipeline.named_steps["logit"].coef_ *= 60
+    pipeline.named_steps["logit"].intercept_ *= 60
+    strong = replace(comb, pipeline=pipeline, threshold_lp=comb.cutoff * 60)
+    rows = _rows(feature_data, "testing")
+    y, lp = _scores(feature_data, strong, rows)
+    prob = pipeline.predict_proba(feature_data.reader1.loc[rows.index])[:, 1]
+    assert len(np.unique(prob)) < len(prob)  # clipping at 1.0 / 0.0 created ties
+    assert len(np.unique(lp)) == len(lp)  # the linear predictor has none
+    ev = _evaluate(feature_data, {"COMB": strong})
+    assert ev.models["COMB"]["testing"].auc == roc_auc_score(y, lp)
+    assert ev.models["COMB"]["testing"].auc != roc_auc_score(y, prob)
+    cal = ev.calibration["COMB"]["testing"]
+    assert cal.slope == pytest.approx(ev.calibration["COMB"]["testing"].slope) and math.isfinite(
+        cal.intercept
+    )
+    assert abs(cal.slope - 1 / 60 * ev_slope(feature_data, comb)) < 1e-6
+
+
+def ev_slope(data, model) -> float:
+    return _evaluate(data, {"COMB": model}).calibration["COMB"]["testing"].slope
+
+
+def test_training_cases_added_since_the_fit_are_their_own_set(feature_data, fitted):
+    training = _rows(feature_data, "training").index
+    mine = {"training_cases": list(training[:80])}
+    models = {k: replace(m, fit_info=mine) for k, m in fitted.items()}
+    ev = _evaluate(feature_data, models)
+    assert list(ev.models["COMB"]) == ["training", "training_new", "validation", "testing"]
+    assert ev.models["COMB"]["training"].n == 80
+    assert ev.models["COMB"]["training_new"].n == len(training) - 80
+    assert any(n.startswith("training_new:") for n in ev.notes)
+
+
+def test_the_report_lists_which_set_served_which_decision(sample_evaluation):
+    sets = sample_evaluation.decision_sets
+    assert sets["decision threshold (Youden on the linear predictor)"] == "training"
+    promotion = next(v for k, v in sets.items() if k.startswith("promotion"))
+    assert promotion.startswith("testing")
 
 
 # ---------------------------------------------------------------------------------------
@@ -167,8 +236,9 @@ def test_promote_when_the_candidate_is_not_worse(feature_data, fitted):
     comb, only_df = fitted["COMB"], fitted["ONLY_DF"]
     same = promotion_decision(comb, feature_data, comb, feature_data, "4", 0.05)
     assert same.promote and same.delong.diff == 0.0 and same.delong.p == 1.0
-    assert same.reason.startswith("promoted: validation AUC candidate")
-    assert "champion v4" in same.reason and "n=60" in same.reason
+    # By default on the internal testing set, never on the external validation set.
+    assert same.reason.startswith("promoted: testing AUC candidate")
+    assert "champion v4" in same.reason and "n=38" in same.reason
     better = promotion_decision(comb, feature_data, only_df, feature_data, "4", 0.05)
     assert better.promote and better.delong.diff > 0
     # Lower on testing, but not significantly: the candidate is not shown worse.
@@ -178,21 +248,24 @@ def test_promote_when_the_candidate_is_not_worse(feature_data, fitted):
 
 def test_refuse_when_delong_shows_the_candidate_worse(feature_data, fitted):
     comb, only_df = fitted["COMB"], fitted["ONLY_DF"]
-    worse = promotion_decision(only_df, feature_data, comb, feature_data, "4", 0.05)
+    # The DeLong mechanics, on a set where the difference is significant.
+    worse = promotion_decision(only_df, feature_data, comb, feature_data, "4", 0.05, "validation")
     assert not worse.promote and worse.reason.startswith("kept champion")
     one_sided = worse.delong.p / 2
     assert worse.delong.diff < 0 and one_sided < 0.05
     assert f"p={one_sided:.3f}" in worse.reason
     # The same evidence at a stricter level is not enough to refuse.
-    strict = promotion_decision(only_df, feature_data, comb, feature_data, "4", one_sided / 2)
+    strict = promotion_decision(
+        only_df, feature_data, comb, feature_data, "4", one_sided / 2, "validation"
+    )
     assert strict.promote and strict.delong == worse.delong
 
 
 def test_promote_without_a_test_when_too_few_shared_cases(feature_data, fitted):
-    val = _rows(feature_data, "validation").index[:8]
-    theirs = replace(feature_data, X={"reader1": feature_data.reader1.loc[val]})
+    test = _rows(feature_data, "testing").index[:8]
+    theirs = replace(feature_data, X={"reader1": feature_data.reader1.loc[test]})
     decision = promotion_decision(fitted["ONLY_DF"], feature_data, fitted["COMB"], theirs, "4", 0.5)
-    assert decision == Promotion(True, "too few shared validation cases (8) to compare")
+    assert decision == Promotion(True, "too few shared testing cases (8) to compare")
 
 
 def test_compare_with_champion_without_champion_promotes(feature_data, fitted, tmp_path):
@@ -211,7 +284,8 @@ def test_prediction_rows(feature_data, fitted):
     assert len(rows) == len(feature_data.cases)  # unlabelled cases are scored too
     assert rows["label"].dtype == "Int8" and rows["label"].isna().sum() == sample.UNLABELLED
     comb = fitted["COMB"]
-    assert (rows["predicted_COMB"] == (rows["prob_COMB"] >= comb.threshold)).all()
+    lp = comb.decision_function(feature_data.reader1.loc[rows["case_id"]])
+    assert (rows["predicted_COMB"] == (lp >= comb.cutoff)).all()
     assert (rows["threshold_COMB"] == comb.threshold).all()
     assert rows["prob_ONLY_HF"].between(0, 1).all()
     assert set(rows["registry_version"]) == {"4"} and set(rows["run_id"]) == {"run-1"}
@@ -240,6 +314,9 @@ def test_cohort_flow_counts_from_the_store(tmp_path):
             "split": ["training", "training", "validation", "testing", "training"],
             "site": ["A", "A", "B", "B", "B"],
             "label": pd.array([1, 0, None, 1, 0], dtype="Int8"),
+            "exam_date": ["2023-01-02", "2023-03-01", "2023-02-01", "2023-01-05", "2023-04-01"],
+            "manifest": "m.csv",
+            "patient_key": ["p1", "p1", "p2", "p3", "p3"],
         }
     )
     write_deltalake(store.uri("cohort"), cohort)
@@ -252,9 +329,17 @@ def test_cohort_flow_counts_from_the_store(tmp_path):
         per_site={"A": 2, "B": 2},
         labelled=3,
         unlabelled=1,
+        exam_dates={"training": ("2023-01-02", "2023-04-01"), "validation": ("2023-02-01",) * 2},
+        manifests={"training": ("m.csv",), "validation": ("m.csv",)},
+        quarantine_reasons={},
+        patients={"training": 2, "validation": 1},
     )
-    write_deltalake(store.uri("quarantine"), pd.DataFrame({"case_id": ["x", "x", "y"]}))
-    assert cohort_flow_counts(store).quarantined == 2
+    quarantine = pd.DataFrame(
+        {"case_id": ["x", "x", "y"], "reason": ["file not found", "file not found", "bad: 1"]}
+    )
+    write_deltalake(store.uri("quarantine"), quarantine)
+    counts = cohort_flow_counts(store)
+    assert counts.quarantined == 2 and counts.quarantine_reasons == {"bad": 1, "file not found": 1}
 
 
 @pytest.mark.parametrize(

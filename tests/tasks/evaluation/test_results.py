@@ -55,7 +55,7 @@ def test_evaluation_fields_are_the_report_keys_in_order():
     keys = list(json.loads(BEFORE.read_text()))
     # report.json: the fields in order, checks (when set), then roc and the disclaimer.
     expected = [n for n in _names(Evaluation) if n not in ("roc", "checks")]
-    assert keys == [*expected, "checks", "roc", "disclaimer"]
+    assert keys == [*expected, "checks", "roc", "tripod", "disclaimer"]
     assert [f.metadata.get("json", f.name) for f in fields(Checks)] == list(
         json.loads(BEFORE.read_text())["checks"]
     )
@@ -67,7 +67,7 @@ def test_roc_curve_defined_only_with_points():
 
 
 def test_undefined_numbers_are_nan(sample_evaluation):
-    site_d = sample_evaluation.per_site["COMB"]["D"]  # five negatives only
-    assert site_d.n == 5 and site_d.n_pos == 0
-    assert math.isnan(site_d.auc) and math.isnan(site_d.sensitivity)
+    site_d = sample_evaluation.per_site["testing"]["D"]["COMB"]  # five negatives only
+    assert site_d.n == 5 and site_d.n_pos == 0 and not site_d.enough
+    assert math.isnan(site_d.auc) and site_d.note.startswith("too few")
     assert all(math.isnan(v) for v in site_d.auc_ci)

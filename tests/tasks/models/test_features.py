@@ -30,7 +30,7 @@ def test_pairs_prefer_real_repeats_and_fall_back_to_perturbed_masks():
 
     # Too few real repeats among these cases (fewer than 3): the perturbed set, alone.
     few = training[:5]  # real repeats: C000, C003; perturbed masks: C001, C002, C004
-    pairs = data.pairs(few)
+    pairs = data.pairs(few, min_repeats=3)
     assert set(pairs) == {"perturbed"} and icc_source(pairs) == "perturbed masks"
     ref, rep = pairs["perturbed"]
     assert list(ref.index) == list(rep.index) == ["C001", "C002", "C004"]
@@ -43,6 +43,19 @@ def test_pairs_prefer_real_repeats_and_fall_back_to_perturbed_masks():
     none = feature_data()
     del none.X["reader2"], none.X["repeat"]
     assert none.pairs(training) == {} and icc_source({}) == "none"
+
+
+def test_a_repeat_set_needs_twenty_training_cases_by_default():
+    # 19 real repeats in training: not enough (a true-ICC-0.60 feature passes 0.75 too
+    # often at small n); the perturbed masks of 40 cases stand in, and the counts say why.
+    data = with_perturbed(feature_data())
+    training = data.cases.index[data.cases["split"] == "training"]
+    nineteen = training[: 3 * 19]  # every third case has real repeats
+    assert data.repeat_counts(nineteen) == {"inter": 19, "intra": 19, "perturbed": 38}
+    assert set(data.pairs(nineteen)) == {"perturbed"}
+    assert set(data.pairs(training)) == {"inter", "intra"}  # exactly 20
+    # Fewer than 20 perturbed too: no ICC filter at all.
+    assert data.pairs(training[:20]) == {}
 
 
 # -- from the store -----------------------------------------------------------------------------
@@ -130,15 +143,17 @@ def test_load_features_builds_the_perturbed_matrix_and_records_the_icc_source(tm
         "df:2",
         "df:3",
     ]
+    # Six training cases are fewer than a repeat set needs (20): no ICC filter.
+    assert data.lineage["icc_source"] == "none"
     if repeats:
         assert set(data.X) == {"reader1", "repeat"}
         assert list(data.X["repeat"].index) == ["C0", "C1", "C2"]
-        assert data.lineage["icc_source"] == "delineations"
+        assert icc_source(data.pairs(min_repeats=3)) == "delineations"
     else:
         assert set(data.X) == {"reader1", "perturbed"}
         assert len(data.X["perturbed"]) == 6  # the stale ids matched nothing
-        assert data.lineage["icc_source"] == "perturbed masks"
-        assert set(data.pairs()) == {"perturbed"}
+        assert icc_source(data.pairs(min_repeats=3)) == "perturbed masks"
+        assert set(data.pairs(min_repeats=3)) == {"perturbed"}
 
 
 def test_training_cases_are_the_current_labelled_training_rows(tmp_path):

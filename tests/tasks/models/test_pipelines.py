@@ -96,7 +96,9 @@ def test_fit_models_logs_each_model_and_every_lasso_fold(settings, caplog):
         assert lines[start + 1 : start + 11] == folds
         selected = len(models[name].selected_features())
         assert lines[start + 11] == f"{name}: {selected} features selected"
-    assert len(lines) == 3 * 12
+    fallbacks = [line for line in lines if "fell back" in line]
+    assert len(fallbacks) == sum(m.fit_info["lasso"]["fallback"] for m in models.values())
+    assert len(lines) == 3 * 12 + len(fallbacks)
 
 
 def test_fit_models_task_is_a_wrapper_without_cache():
@@ -125,3 +127,48 @@ def test_fit_models_task_progress_reaches_the_prefect_run_log(prefect_api, setti
     assert [f"ONLY_HF: LASSO fold {fold}/10" for fold in range(1, 11)] == [
         m for m in messages if "LASSO fold" in m
     ]
+
+
+# -- honest fitting ---------------------------------------------------------------------------
+def test_final_models_are_unpenalised_and_record_how_they_were_fitted(settings):
+    models = fit_models(feature_data(), settings)
+    for model in models.values():
+        logit = model.pipeline.named_steps["logit"]
+        assert np.isinf(logit.C)  # maximum likelihood: no ridge shrinkage (C=1 was)
+        info = model.fit_info
+        assert info["penalty"].startswith("none")
+        assert info["lasso"]["grouped_by_patient"] and info["lasso"]["folds"] == 10
+        assert info["icc"]["n_per_set"] == {"inter": 20, "intra": 20}
+        assert len(info["training_cases"]) == 60
+    # The threshold is learned on the linear predictor; the probability is its expit.
+    comb = models["COMB"]
+    assert comb.threshold == pytest.approx(1 / (1 + np.exp(-comb.cutoff)))
+
+
+def test_lasso_folds_keep_a_patients_cases_together(settings, monkeypatch):
+    from tasks.models.selection import lasso as lasso_module
+
+    data = feature_data()
+    data.cases["patient_key"] = [f"P{i // 3}" for i in range(len(data.cases))]
+    seen = []
+    real = lasso_module.StratifiedGroupKFold.split
+
+    def spy(self, X, y=None, groups=None):
+        for train, test in real(self, X, y, groups):
+            seen.append((set(groups[train]), set(groups[test])))
+            yield train, test
+
+    monkeypatch.setattr(lasso_module.StratifiedGroupKFold, "split", spy)
+    fit_models(data, settings, names=["ONLY_HF"])
+    assert len(seen) == 10
+    assert all(not (train & test) for train, test in seen)
+
+
+def test_a_one_se_fallback_is_recorded(settings):
+    from tasks.models.selection import LassoSelector
+
+    rng = np.random.default_rng(0)
+    X, y = rng.normal(size=(60, 5)), rng.integers(0, 2, 60)  # no signal: 1-SE picks nothing
+    lasso = LassoSelector(cv=5, random_state=0).fit(X, y, groups=np.arange(60) // 2)
+    assert lasso.fallback_ and lasso.support_.sum() >= 1 and lasso.C_ > lasso.C_rule_
+    assert lasso.grouped_

@@ -141,8 +141,10 @@ def test_compare_with_champion_reads_the_champion_bundle(tracked, monkeypatch):
     monkeypatch.setattr(step, "load_features", load_features)
     worse = step.compare_with_champion(models["ONLY_DF"], data, current, settings, store)
     assert read == [(store, sample.LINEAGE["params_hash"], CNN["version"])]
-    assert not worse.promote and "champion v1" in worse.reason
-    assert worse.delong.auc_b == evaluation.models["COMB"]["validation"].auc
+    # Promotion is decided on the internal testing set, never on external validation.
+    assert "testing AUC" in worse.reason and "champion v1" in worse.reason
+    assert worse.delong.auc_b == evaluation.models["COMB"]["testing"].auc
+    assert worse.delong.auc_a < worse.delong.auc_b
     same = step.compare_with_champion(models["COMB"], data, current, settings, store)
     assert same.promote and same.delong.diff == 0.0
 
@@ -158,3 +160,54 @@ def test_compare_with_champion_reads_the_champion_bundle(tracked, monkeypatch):
 )
 def test_prefect_tasks_wrap_the_registry_steps(wrapper, fn, name):
     assert wrapper.fn is fn and wrapper.name == name
+
+
+def _bundle_file(store) -> Path:
+    files = list(Path(store.root, "mlflow", "artifacts").rglob("bundle/models.joblib"))
+    assert files
+    return files
+
+
+def test_a_changed_bundle_is_refused_before_it_is_unpickled(tracked, tmp_path):
+    # Whoever can write the store must not run code in validate: the bundle's sha256 is
+    # recorded at registration and checked before joblib.load.
+    import pickle
+
+    settings, store, data, models, evaluation, report, _ = tracked
+    logged = log_retrain(models, evaluation, report, settings, store, CNN)
+    run_dir = next(p for p in _bundle_file(store) if logged["mlflow_run_id"] in str(p))
+    marker = tmp_path / "pwned"
+
+    class Payload:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    run_dir.write_bytes(pickle.dumps(Payload()))
+    with pytest.raises(registry.TamperedArtifactError, match="recorded at registration"):
+        load_bundle(logged["mlflow_run_id"], settings, store)
+    assert not marker.exists()
+
+
+def test_a_bundle_without_a_recorded_sha256_is_not_loaded(tmp_path):
+    import joblib
+
+    path = tmp_path / "b.joblib"
+    joblib.dump({"x": 1}, path)
+    with pytest.raises(registry.TamperedArtifactError, match="no sha256"):
+        registry.verified_load(path, None, "bundle")
+    assert registry.verified_load(path, registry.file_sha256(path), "bundle") == {"x": 1}
+
+
+def test_case_ids_never_reach_mlflow(tracked):
+    import mlflow
+
+    settings, store, data, models, evaluation, report, _ = tracked
+    meta = CNN | {"fit_case_ids": ["SECRET-CASE-1"], "early_stopping_case_ids": ["SECRET-2"]}
+    logged = log_retrain(models, evaluation, report, settings, store, meta)
+    logged_meta = mlflow.artifacts.load_dict(f"runs:/{logged['mlflow_run_id']}/cnn/meta.json")
+    assert logged_meta == CNN | {"fit_case_count": 1, "early_stopping_case_count": 1}
+    bundle = load_bundle(logged["mlflow_run_id"], settings, store)
+    assert "fit_case_ids" not in bundle["cnn"]
+    for path in Path(store.root, "mlflow").rglob("*"):
+        if path.is_file():
+            assert b"SECRET-CASE-1" not in path.read_bytes(), path

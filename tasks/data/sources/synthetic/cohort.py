@@ -14,6 +14,10 @@ Doppler image (CDUS, RGB PNG) and a reader-1 lesion mask, plus repeat delineatio
 - ``latent.csv``: the latent factors and logit behind every label, for auditing only;
 - ``preview.png`` on request: a contact sheet of a few cases.
 
+With ``dicom=True`` the images and reader 1's mask are ultrasound DICOM and a DICOM SEG
+instead (:mod:`~tasks.data.sources.synthetic.dicom`), the pixel size in their ultrasound
+regions rather than in the manifest.
+
 The cohort plan comes from :func:`~tasks.data.sources.synthetic.plan.plan_cohort`, each
 case from :func:`~tasks.data.sources.synthetic.case.synthesize_case`. Everything is
 deterministic per seed: the plan and each case draw from their own random streams.
@@ -31,6 +35,7 @@ from threadpoolctl import threadpool_limits
 
 from tasks.data.schema import MANIFEST_COLUMNS
 from tasks.data.sources.synthetic.case import CaseImages, synthesize_case
+from tasks.data.sources.synthetic.dicom import write_case_dicom
 from tasks.data.sources.synthetic.latent import LATENT_COLUMNS
 from tasks.data.sources.synthetic.plan import PAPER_PATIENTS, plan_cohort
 from tasks.data.sources.synthetic.preview import write_preview
@@ -69,6 +74,7 @@ def generate_cohort(
     repeat_share: float = 0.3,
     preview: bool = False,
     progress: Callable[[int, int], None] | None = None,
+    dicom: bool = False,
 ) -> Path:
     """Write out_dir/manifest.csv plus the images it names; return the manifest path.
 
@@ -80,6 +86,8 @@ def generate_cohort(
     repeat_share : share of cases with reader-2 and reader-1 repeat masks.
     preview : also write ``preview.png``, a contact sheet of a few cases.
     progress : called as ``progress(done, total)`` after every case.
+    dicom : write ultrasound DICOM (regions with the pixel size) and a DICOM SEG for
+        reader 1; ``pixel_spacing_mm`` is then left empty: the pipeline reads the files'.
     """
     out_dir = Path(out_dir)
     for folder in ("images", "masks"):
@@ -90,10 +98,17 @@ def generate_cohort(
     with threadpool_limits(limits=1, user_api="blas"):
         for done, case in enumerate(plan.itertuples(index=False), start=1):
             images = synthesize_case(case, seed, with_repeats=bool(case.has_repeat))
-            cells.append(write_case(out_dir, case.case_id, images))
+            if dicom:
+                spacing = {"spacing_mm": case.pixel_spacing_mm, "seed": seed}
+                ids = {"patient_id": case.patient_id, "exam_date": case.exam_date}
+                cells.append(write_case_dicom(out_dir, case.case_id, images, **ids, **spacing))
+            else:
+                cells.append(write_case(out_dir, case.case_id, images))
             if progress is not None:
                 progress(done, len(plan))
     manifest = pd.concat([plan, pd.DataFrame(cells, index=plan.index)], axis=1)
+    if dicom:
+        manifest["pixel_spacing_mm"] = ""
     manifest_path = out_dir / "manifest.csv"
     manifest.to_csv(manifest_path, columns=list(MANIFEST_COLUMNS), index=False)
     plan.to_csv(

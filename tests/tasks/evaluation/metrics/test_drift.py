@@ -61,3 +61,25 @@ def test_psi_table_matches_psi_per_column():
     assert table["constant"] > 0.25  # a quarter of values above the constant's only bin
     with pytest.raises(ValueError):
         drift.psi_table(other, train)
+
+
+def test_no_shift_at_n_69_flags_at_most_5_percent_and_a_planted_shift_is_flagged():
+    # The audit's setting: 276 training rows, a site of 69. A fixed PSI > 0.25 cut flagged
+    # 21% of unshifted features there; the permutation-calibrated critical value does not.
+    from tasks.evaluation.metrics import drift_bins, psi_permutation_test
+
+    rng = np.random.default_rng(11)
+    flagged, planted = [], []
+    for seed in range(8):
+        train = pd.DataFrame(rng.normal(size=(276, 20)), columns=[f"f{i}" for i in range(20)])
+        site = pd.DataFrame(rng.normal(size=(69, 20)), columns=train.columns)
+        table, critical = psi_permutation_test(train, site, drift_bins(69), 200, 0.05, seed)
+        flagged.append(table["flagged"].mean())
+        # Fixed 0.25 cut on the same data: noise reads as drift.
+        assert critical > 0.25 or table["psi"].gt(0.25).mean() <= 0.05
+        site["f3"] += 1.0  # a scanner shift of one SD on one feature
+        table, _ = psi_permutation_test(train, site, drift_bins(69), 200, 0.05, seed)
+        planted.append(bool(table.at["f3", "flagged"]))
+        assert table.drop(index="f3")["flagged"].mean() <= 0.05
+    assert np.mean(flagged) <= 0.05 and max(flagged) <= 0.05
+    assert all(planted)

@@ -11,7 +11,7 @@ FAMILIES = {
     "binary": {"classification_metrics", "model_set_metrics", "wilson_ci", "youden_threshold"},
     "calibration": {"calibration"},
     "decision": {"decision_curve"},
-    "drift": {"psi", "psi_table"},
+    "drift": {"drift_bins", "psi", "psi_permutation_test", "psi_table"},
 }
 
 

@@ -25,6 +25,7 @@ from tasks.evaluation.results import (
     ReliabilityBin,
     RocCurve,
     SiteDrift,
+    SiteMetrics,
 )
 
 MODELS = ("ONLY_HF", "ONLY_DF", "COMB")
@@ -50,6 +51,14 @@ def _auc_se(auc: float, n_pos: int, n_neg: int) -> float:
         n_pos * n_neg
     )
     return math.sqrt(max(var, 0.0))
+
+
+def _site(y: np.ndarray, p: np.ndarray, threshold: float) -> SiteMetrics:
+    m = set_metrics(y, p, threshold)
+    enough = m.n >= 20 and min(m.n_pos, m.n_neg) >= 5
+    auc, ci = (m.auc, m.auc_ci) if enough else (math.nan, (math.nan, math.nan))
+    note = "" if enough else "too few"
+    return SiteMetrics(m.n, m.n_pos, m.n_neg, m.tp, m.fp, m.tn, m.fn, auc, ci, enough, note)
 
 
 def set_metrics(y: np.ndarray, p: np.ndarray, threshold: float) -> ModelSetMetrics:
@@ -161,13 +170,15 @@ def build_evaluation(seed: int = 3, single_class_testing: bool = False) -> Evalu
             for m in MODELS
         },
         per_site={
-            m: {
-                site: set_metrics(
-                    y_train[site_train == site], p_train[m][site_train == site], thresholds[m]
-                )
+            "training": {
+                site: {
+                    m: _site(
+                        y_train[site_train == site], p_train[m][site_train == site], thresholds[m]
+                    )
+                    for m in MODELS
+                }
                 for site in ("A", "B")
             }
-            for m in MODELS
         },
         delong={
             s: {f"COMB_vs_{o}": _delong_like(y, pr["COMB"], pr[o]) for o in ("ONLY_HF", "ONLY_DF")}
@@ -200,13 +211,18 @@ def build_evaluation(seed: int = 3, single_class_testing: bool = False) -> Evalu
             "note with <b>markup</b> & ampersand",
         ),
         drift={
-            "C": SiteDrift(
-                n=90,
-                psi_max=0.41,
-                psi_mean=0.07,
-                features_over_0_25=3,
-                top=(FeaturePsi(EVIL, 0.41), FeaturePsi("df:pc2", 0.3)),
-            )
+            "validation": {
+                "C": SiteDrift(
+                    n=90,
+                    psi_max=0.41,
+                    psi_mean=0.07,
+                    features_flagged=1,
+                    critical=0.35,
+                    top=(FeaturePsi(EVIL, 0.41, 0.004, True), FeaturePsi("df:pc2", 0.3)),
+                    model="COMB",
+                    features=5,
+                )
+            }
         },
         cohort_flow=CohortFlow(
             cases_in=330,

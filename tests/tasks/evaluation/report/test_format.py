@@ -22,4 +22,5 @@ def test_present_keeps_split_order_and_labels_cover_every_split():
     tree = {"COMB": {"testing": 1, "training": 2}, "ONLY_HF": {"validation": 3}}
     assert present(tree) == ["training", "validation", "testing"]
     assert present({"COMB": {"testing": 1}}) == ["testing"]
-    assert set(SET_LABELS) == {"training", "validation", "testing"}
+    assert set(SET_LABELS) == {"training", "training_new", "validation", "testing"}
+    assert present({"COMB": {"training_new": 1, "training": 2}}) == ["training", "training_new"]

@@ -85,8 +85,11 @@ def test_html_escapes_and_content(page, evaluation):
         "External validation",
     ):
         assert text in page
-    # Drift: psi_max 0.41 > 0.25 is flagged.
-    assert '<span class="bad">0.410</span>' in page
+    # Drift: one feature over the permutation critical value is flagged, of five.
+    assert '<span class="bad">1</span> of 5' in page
+    # Per site within each set; the TRIPOD+AI section in every report.
+    assert "Per site, within each set" in page and 'id="tripod"' in page
+    assert "No clinical validation" in page
 
 
 def test_single_class_missing_set_and_failed_checks(tmp_path):

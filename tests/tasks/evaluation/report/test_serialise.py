@@ -50,7 +50,13 @@ def test_report_json_shape_and_cis(evaluation):
                 assert lo <= m[name] <= hi, (model, s, name)
     assert out["delong"]["validation"]["COMB_vs_ONLY_HF"]["p"] is not None
     assert out["selected_features"]["COMB"][EVIL] == 0.05
-    assert out["drift"]["C"]["features_over_0_25"] == 3
+    assert out["drift"]["validation"]["C"]["features_flagged"] == 1
+    assert out["drift"]["validation"]["C"]["critical"] == 0.35
+    site = out["per_site"]["training"]["A"]["COMB"]
+    assert {"auc", "auc_ci", "n", "tp", "fp", "tn", "fn", "enough"} <= set(site)
+    tripod = out["tripod"]
+    assert tripod["guideline"].startswith("TRIPOD+AI") and tripod["not_done"]
+    assert set(tripod["sample_size"]) == {"training", "validation", "testing"}
     assert out["checks"] == {
         "auc_floor": 0.65,
         "set": "validation",
@@ -86,7 +92,7 @@ def test_checks_only_when_set_and_key_order():
     without = report_json(replace(ev, checks=None))
     assert "checks" not in without
     keys = list(report_json(ev))
-    assert keys[-3:] == ["checks", "roc", "disclaimer"]
+    assert keys[-4:] == ["checks", "roc", "tripod", "disclaimer"]
     assert keys[:4] == ["run_id", "kind", "created_at", "models"]
 
 
@@ -99,7 +105,9 @@ def test_plain_converts_dataclasses_tuples_and_non_finite():
         "passed": False,
         "failed": ["a"],
     }
-    assert plain({1: (FeaturePsi("f", -math.inf), 2)}) == {"1": [{"feature": "f", "psi": None}, 2]}
+    assert plain({1: (FeaturePsi("f", -math.inf), 2)}) == {
+        "1": [{"feature": "f", "psi": None, "p": None, "flagged": False}, 2]
+    }
 
 
 def test_metrics_table_rows(evaluation):

@@ -145,3 +145,33 @@ def test_cdus_checks_and_file_hashes(tmp_path):
         expected = hashlib.sha256(handle.read()).hexdigest()
     assert file_sha256(single, "bmus_image") == expected
     assert file_sha256(single, "cdus_image") is None
+
+
+def test_dicom_crops_stay_inside_the_imaging_region(tmp_path):
+    # Burned-in text (white) left of the imaging region; the lesion sits at its edge, so the
+    # crop window reaches the text: it reads as zero, as past the image border.
+    from tests.tasks.data import dicom_files as files
+
+    bmus = np.full((64, 80), 60, np.uint8)
+    bmus[:, :20] = 255  # annotations, calipers, scale
+    mask = rect(bmus.shape, (24, 40), (22, 40))  # rows 24-40, columns 22-40
+    bmus[mask == 1] = 120
+    cdus = np.repeat(bmus[..., None], 3, axis=2)
+    regions = [files.region(20, 0, 79, 63, 0.01)]
+    files.write(tmp_path / "b.dcm", bmus, regions=regions)
+    files.write(tmp_path / "c.dcm", cdus, regions=regions)
+    files.write_png(tmp_path / "m.png", mask * 255)
+    case = {
+        "case_id": "D1",
+        "bmus_image": str(tmp_path / "b.dcm"),
+        "bmus_mask": str(tmp_path / "m.png"),
+        "cdus_image": str(tmp_path / "c.dcm"),
+    }
+    crop, cdus_crop = crop_case(case, size=32, margin=0.5)
+    assert crop.max() < 0.5 and cdus_crop.max() < 0.5  # no text pixel (1.0) left
+    assert (crop > 0.4).any()  # the lesion is there
+    # The same frame as PNG has no regions: the text is in the crop.
+    files.write_png(tmp_path / "b.png", bmus)
+    png_case = {**case, "bmus_image": str(tmp_path / "b.png"), "cdus_image": ""}
+    as_png, _ = crop_case(png_case, size=32, margin=0.5)
+    assert as_png.max() == 1.0

@@ -1,0 +1,250 @@
+"""Scale: does radiomics stay flat per case as the cohort grows, and do planning and commits
+stay fast as the feature table grows?
+
+1. ``sln run`` (radiomics only, 2 workers) on synthetic cohorts of growing size (default
+   500, 1,000, 2,000 cases): wall, extraction seconds, cases/s, seconds per case, peak RSS of
+   the flow process and of the largest worker.
+2. A store holding ``--store-cases`` synthesised cases (cohort-like rows in memory; their
+   ``radiomics`` rows written with the real feature columns and random values, no images):
+   planning time (the step's ``plan_radiomics``: key columns only), then ``--chunks``
+   successive chunk commits (``commit_radiomics``, 20 new cases each) timed one by one
+   with the table's version and file count, then the Delta log checkpointed and the files
+   compacted (``DeltaTable.create_checkpoint`` / ``optimize.compact``) and commits timed again.
+
+Usage: ``python -m tests.bench.bench_scale --sizes 500,1000,2000 --store-cases 100000
+--write`` (``make bench-scale``). Tables go to ``--out`` and, with ``--write``, BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from tasks.config import Settings
+from tasks.data.store import FeatureStore
+from tasks.data.tables import RADIOMICS
+from tests.bench.bench_radiomics import BENCH_KEY, WORKERS, summary_value
+from tests.bench.common import BIN, ROOT, machine_line, save, timed, write_section
+
+CHUNK = 20  # cases per committed chunk (Settings.chunk_size)
+REGIONS = ("intratumoral", "peritumoral")
+
+
+def run_sizes(sizes: list[int], work: Path) -> tuple[list[dict], list[float]]:
+    from tasks.data.sources.synthetic import generate_cohort
+
+    env = {"SLN_EMBED": "false", "SLN_PERTURB_REPEATS": "true"}
+    results, loads = [], []
+    for n in sizes:
+        manifest = generate_cohort(work / f"cohort-{n}", n_patients=n, seed=5)
+        env["SLN_DATA_ROOTS"] = str(manifest.parent)
+        store = str(work / f"store-{n}")
+        cmd = [str(BIN / "sln"), "run", str(manifest), "--store", store]
+        first = timed(f"sln run, {n} cases", [*cmd, "--workers", str(WORKERS)], env=env)
+        loads.extend(first.load)
+        extract = summary_value(first.stdout_tail, "extract_seconds")
+        cases = summary_value(first.stdout_tail, "cases_new")
+        results.append(
+            {
+                "cases": n,
+                "run": first,
+                "extract_s": extract,
+                "cases_extracted": cases,
+                "cases_per_s": round(n / first.wall_s, 3),
+                "s_per_case_extract": round(extract / n, 4),
+                "flow_mb": first.main_mb,
+                "worker_mb": first.children_mb,
+            }
+        )
+    return results, loads
+
+
+def template_rows(work: Path) -> list[dict]:
+    """Real radiomics rows of one synthetic case: the columns and types a store holds."""
+    from tasks.data.sources.synthetic import generate_cohort
+    from tasks.features.radiomics import extract_case, load_params
+
+    manifest = generate_cohort(work / "template", n_patients=1, seed=3, repeat_share=0.0)
+    case = pd.read_csv(manifest).iloc[0].to_dict()
+    for column in ("bmus_image", "bmus_mask"):
+        case[column] = str(manifest.parent / case[column])
+        case[f"{column}_sha256"] = f"sha-{column}"
+    return extract_case(case, load_params(Settings().radiomics_params))
+
+
+def synthetic_rows(template: list[dict], first: int, count: int, rng) -> pd.DataFrame:
+    """``count`` cases' reader-1 rows (lesion, ring) with random feature values."""
+    ids = np.repeat([f"S{first + i:07d}" for i in range(count)], 2)
+    columns = list(template[0])
+    features = [c for c in columns if isinstance(template[0][c], float)]
+    meta = pd.DataFrame([{c: template[0][c] for c in columns if c not in features}] * len(ids))
+    meta["case_id"] = ids
+    meta["image_sha256"] = [f"img-{c}" for c in ids]
+    meta["mask_sha256"] = [f"mask-{c}" for c in ids]
+    meta["region"] = list(REGIONS) * count
+    values = pd.DataFrame(rng.normal(size=(len(ids), len(features))), columns=features)
+    return pd.concat([meta, values], axis=1)[columns]
+
+
+def cohort_rows(count: int) -> pd.DataFrame:
+    """What the planner reads of the cohort: ids, dates, the reader-1 file and hashes."""
+    ids = [f"S{i:07d}" for i in range(count)]
+    return pd.DataFrame(
+        {
+            "case_id": ids,
+            "exam_date": "2024-01-01",
+            "bmus_image": [f"images/{c}.png" for c in ids],
+            "bmus_mask": [f"masks/{c}.png" for c in ids],
+            "bmus_image_sha256": [f"img-{c}" for c in ids],
+            "bmus_mask_sha256": [f"mask-{c}" for c in ids],
+        }
+    )
+
+
+def files(store: FeatureStore) -> int:
+    return len(store.table(RADIOMICS).file_uris())
+
+
+def store_scale(n_cases: int, chunks: int, work: Path) -> dict:
+    from tasks.features.plan import ChunkResult
+    from tasks.features.radiomics import commit_radiomics, current_params_hash, plan_radiomics
+
+    rng = np.random.default_rng(0)
+    template = template_rows(work)
+    store = FeatureStore(str(work / "store-100k"))
+    # Reader 1 only (no perturbed masks), rows carrying the current params hash: a fully
+    # extracted store, so planning finds only the new cases.
+    settings = Settings(store=store.root, perturb_repeats=False)
+    phash = current_params_hash(settings)
+    started = time.perf_counter()
+    batch = 10_000
+    for first in range(0, n_cases, batch):
+        frame = synthetic_rows(template, first, min(batch, n_cases - first), rng)
+        # What commit_chunk adds, without a dict per row (10,000 x 760 values per batch).
+        extra = {"run_id": "bench-seed", "code_version": "bench"}
+        frame = frame.assign(params_hash=phash, **extra)
+        frame[RADIOMICS.timestamp] = pd.Timestamp.now(tz="UTC")
+        store.insert_new(RADIOMICS, frame)
+    seed_s = time.perf_counter() - started
+    cohort = cohort_rows(n_cases + chunks * CHUNK)
+    started = time.perf_counter()
+    plan, _ = plan_radiomics(cohort, store, settings)
+    plan_s = time.perf_counter() - started
+
+    def commit_series(offset: int) -> list[dict]:
+        out = []
+        for k in range(chunks):
+            frame = synthetic_rows(template, offset + k * CHUNK, CHUNK, rng)
+            frame["params_hash"] = phash
+            began = time.perf_counter()
+            commit_radiomics(ChunkResult(frame.to_dict("records"), []), store, "bench")
+            out.append(
+                {
+                    "seconds": round(time.perf_counter() - began, 3),
+                    "version": store.version(RADIOMICS),
+                    "files": files(store),
+                }
+            )
+        return out
+
+    before = commit_series(n_cases)
+    table = store.table(RADIOMICS)
+    began = time.perf_counter()
+    table.optimize.compact()
+    table = store.table(RADIOMICS)
+    table.create_checkpoint()
+    maintain_s = time.perf_counter() - began
+    after = commit_series(n_cases + chunks * CHUNK)
+    return {
+        "store_cases": n_cases,
+        "store_rows": n_cases * 2,
+        "seed_s": round(seed_s, 1),
+        "plan_s": round(plan_s, 2),
+        "plan_todo": len(plan.todo),
+        "commits_before": before,
+        "compact_checkpoint_s": round(maintain_s, 2),
+        "commits_after": after,
+    }
+
+
+def tables(sizes: list[dict], store: dict | None) -> str:
+    lines = [
+        "| cases | wall s | extraction s | cases/s (wall) | extraction s/case "
+        "| peak RSS MB: flow / largest worker |",
+        "| --- | --- | --- | --- | --- | --- |",
+    ]
+    for r in sizes:
+        lines.append(
+            f"| {r['cases']} | {r['run'].wall_s} | {r['extract_s']} | {r['cases_per_s']} | "
+            f"{r['s_per_case_extract']} | {r['flow_mb']:.0f} / {r['worker_mb']:.0f} |"
+        )
+    if len(sizes) > 1:
+        per_case = [r["s_per_case_extract"] for r in sizes]
+        lines.append(
+            f"\nExtraction s/case, largest over smallest cohort: "
+            f"{per_case[-1] / per_case[0]:.2f} (1.00 = flat)."
+        )
+    if store:
+        b, a = store["commits_before"], store["commits_after"]
+
+        def span(series: list[dict]) -> str:
+            secs = [c["seconds"] for c in series]
+            half = max(len(secs) // 2, 1)
+            return (
+                f"first half median {np.median(secs[:half]):.2f} s, second half median "
+                f"{np.median(secs[half:] or secs):.2f} s; versions {series[0]['version']}-"
+                f"{series[-1]['version']}, files {series[0]['files']}-{series[-1]['files']}"
+            )
+
+        lines += [
+            "",
+            f"Store of {store['store_cases']:,} synthesised cases ({store['store_rows']:,} "
+            f"radiomics rows, real columns, written in {store['seed_s']} s):",
+            "",
+            "| step | result |",
+            "| --- | --- |",
+            f"| planning (`plan_radiomics`, key columns) | {store['plan_s']} s "
+            f"({store['plan_todo']} cases to do) |",
+            f"| {len(b)} chunk commits of {CHUNK} cases | {span(b)} |",
+            f"| compaction + log checkpoint | {store['compact_checkpoint_s']} s |",
+            f"| {len(a)} chunk commits after it | {span(a)} |",
+        ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--sizes", default="500,1000,2000")
+    parser.add_argument("--store-cases", type=int, default=100_000)
+    parser.add_argument("--chunks", type=int, default=30)
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-out")
+    parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
+    args = parser.parse_args()
+    os.environ.setdefault("SLN_PSEUDONYM_KEY", BENCH_KEY)
+    work = Path(tempfile.mkdtemp(prefix="bench-scale-"))
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    loads = [os.getloadavg()[0]]
+    results, run_loads = run_sizes(sizes, work) if sizes else ([], [])
+    loads += run_loads
+    store = store_scale(args.store_cases, args.chunks, work) if args.store_cases else None
+    loads.append(os.getloadavg()[0])
+    save(args.out / "scale.json", {"sizes": results, "store": store})
+    command = (
+        f"python -m tests.bench.bench_scale --sizes {args.sizes} --store-cases "
+        f"{args.store_cases} --chunks {args.chunks}"
+    )
+    text = f"Command: `{command}`. {machine_line(loads)}\n\n{tables(results, store)}"
+    (args.out / "scale.md").write_text(text + "\n")
+    print(text)
+    if args.write:
+        write_section("scale", text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""Helpers of the reliability tests: the ``sln`` command in a real process, and the
+invariant every fault test ends with (every current case's rows stored exactly once)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+
+from tasks.data.ingest import current_cohort
+from tasks.data.store import FeatureStore
+from tasks.data.tables import COHORT, EMBEDDINGS, QUARANTINE, RADIOMICS
+
+ROOT = Path(__file__).resolve().parents[2]
+SLN = [sys.executable, "-m", "flows.cli"]
+
+
+def sln(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen:
+    """``sln <args>`` in its own process (stdout and stderr to ``log``)."""
+    handle = open(log, "ab")  # noqa: SIM115 (closed by the child's exit)
+    return subprocess.Popen(
+        [*SLN, *args],
+        cwd=ROOT,
+        env={**os.environ, **env},
+        stdout=handle,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def dask_workers(proc: subprocess.Popen) -> list[psutil.Process]:
+    """The Dask worker processes a flow process spawned (its nannies' children)."""
+    try:
+        children = psutil.Process(proc.pid).children(recursive=True)
+    except psutil.NoSuchProcess:
+        return []
+    out = []
+    for child in children:
+        try:
+            cmd = " ".join(child.cmdline())
+        except psutil.Error:
+            continue
+        if "spawn_main" in cmd and "resource_tracker" not in cmd:
+            out.append(child)
+    return out
+
+
+def assert_every_case_once(root: str, embeddings: bool = False) -> dict[str, int]:
+    """Every current case has its rows, and no table holds a key twice."""
+    store = FeatureStore(root)
+    counts = {}
+    tables = [COHORT, QUARANTINE, RADIOMICS] + ([EMBEDDINGS] if embeddings else [])
+    for spec in tables:
+        frame = store.read(spec)
+        duplicated = frame.duplicated(list(spec.keys)).sum() if not frame.empty else 0
+        assert duplicated == 0, f"{spec.name}: {duplicated} duplicated keys"
+        counts[spec.name] = len(frame)
+    cases = set(current_cohort(store.read(COHORT))["case_id"])
+    quarantined = set(store.read(QUARANTINE)["case_id"].dropna()) if counts["quarantine"] else set()
+    extracted = set(store.read(RADIOMICS, columns=["case_id"])["case_id"])
+    missing = cases - extracted - quarantined
+    assert not missing, f"cases without radiomics rows (lost): {sorted(missing)}"
+    if embeddings:
+        embedded = set(store.read(EMBEDDINGS, columns=["case_id"])["case_id"])
+        assert not cases - embedded - quarantined, "cases without embeddings (lost)"
+    return counts

@@ -1,0 +1,150 @@
+"""Ingest validation of ultrasound DICOM rows: every frame kind is measured or quarantined
+with a reason a user can act on; the pixel size comes from the file when the manifest has
+none; identifiers in the headers reach no table and no log."""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+from pydicom.uid import JPEGBaseline8Bit, JPEGLSLossless, RLELossless
+
+from tasks.config import Settings
+from tasks.data.validate import validate_manifest
+from tests.tasks.data import dicom_files as files
+
+SHAPE = (64, 80)
+
+
+def _row(case_id: str, image: str, mask: str, **extra) -> dict:
+    return {
+        "case_id": case_id,
+        "patient_id": f"P-{case_id}",
+        "site": "A",
+        "bmus_image": image,
+        "bmus_mask": mask,
+        **extra,
+    }
+
+
+@pytest.fixture
+def dicom_cohort(tmp_path):
+    """One row per frame kind a scanner exports, each mask a PNG on the frame's grid."""
+    (tmp_path / "images").mkdir()
+    lesion = files.disk(SHAPE, (32, 40), 12)
+    files.write_png(tmp_path / "images" / "mask.png", lesion * 255)
+    grey, rgb = files.speckle(SHAPE), files.doppler(SHAPE)
+    rng = np.random.default_rng(1)
+    palette = rng.integers(0, 256, (256, 3), dtype=np.uint8)
+    loop = np.stack([files.doppler(SHAPE, seed) for seed in range(30)])
+    regions = [files.region(0, 0, SHAPE[1] - 1, SHAPE[0] - 1, 0.011)]
+    written = {
+        "mono2": files.write(tmp_path / "images" / "mono2.dcm", grey, regions=regions),
+        "mono1": files.write(tmp_path / "images" / "mono1.dcm", grey, "MONOCHROME1"),
+        "rgb": files.write(tmp_path / "images" / "rgb.dcm", rgb, pixel_spacing=(0.07, 0.07)),
+        "palette": files.write_palette(tmp_path / "images" / "palette.dcm", grey, palette),
+        "ybr_jpeg": files.write(
+            tmp_path / "images" / "ybr.dcm", rgb, "YBR_FULL_422", syntax=JPEGBaseline8Bit
+        ),
+        "rle": files.write(tmp_path / "images" / "rle.dcm", rgb, syntax=RLELossless),
+        "loop": files.write(
+            tmp_path / "images" / "loop.dcm", loop, "YBR_FULL_422", syntax=JPEGBaseline8Bit
+        ),
+        "jls_loop": files.write(
+            tmp_path / "images" / "jls.dcm", loop[:3, ..., 0], syntax=JPEGLSLossless
+        ),
+    }
+    rows = [_row(name, f"images/{path.name}", "images/mask.png") for name, path in written.items()]
+    rows.append(_row("loop_frame", "images/loop.dcm", "images/mask.png", bmus_frame="12"))
+    rows.append(_row("bad_frame", "images/loop.dcm", "images/mask.png", bmus_frame="31"))
+    rows.append(_row("spacing_ok", "images/mono2.dcm", "images/mask.png", pixel_spacing_mm="0.11"))
+    rows.append(_row("spacing_off", "images/mono2.dcm", "images/mask.png", pixel_spacing_mm="0.2"))
+    frame = pd.DataFrame(rows).fillna("")
+    manifest = tmp_path / "manifest.csv"
+    frame.to_csv(manifest, index=False)
+    return manifest
+
+
+def test_every_frame_kind_is_measured_or_quarantined_with_an_actionable_reason(dicom_cohort):
+    validated = validate_manifest(str(dicom_cohort), Settings(), "r")
+    cohort = validated.cohort.set_index("case_id")
+    quarantine = validated.quarantine.set_index("case_id")
+    assert set(cohort.index) == {
+        "mono2",
+        "mono1",
+        "rgb",
+        "palette",
+        "ybr_jpeg",
+        "rle",
+        "loop_frame",
+        "spacing_ok",
+    }
+    reasons = quarantine["reason"].to_dict()
+    columns = quarantine["column"].to_dict()
+    assert reasons["loop"] == (
+        "cine loop of 30 frames: add a manifest column bmus_frame with the frame to measure (1-30)"
+    )
+    assert columns["loop"] == "bmus_frame"
+    assert "cine loop of 3 frames: add a manifest column bmus_frame" in reasons["jls_loop"]
+    assert reasons["bad_frame"] == "bmus_frame must be a frame number from 1 to 30, got 31"
+    assert reasons["spacing_off"] == (
+        "pixel_spacing_mm 0.2 disagrees with the file's 0.11 mm (ultrasound region) by more "
+        "than 5%: correct the manifest value or leave it empty to use the file's"
+    )
+    assert columns["spacing_off"] == "pixel_spacing_mm"
+    assert int(cohort.at["loop_frame", "bmus_frame"]) == 12
+
+
+def test_the_pixel_size_and_its_source_are_recorded(dicom_cohort):
+    cohort = validate_manifest(str(dicom_cohort), Settings(), "r").cohort.set_index("case_id")
+    spacing = cohort["pixel_spacing_mm"].to_dict()
+    source = cohort["pixel_spacing_source"].to_dict()
+    assert (spacing["mono2"], source["mono2"]) == (pytest.approx(0.11), "us_region")
+    assert (spacing["rgb"], source["rgb"]) == (pytest.approx(0.07), "pixel_spacing")
+    assert pd.isna(spacing["palette"]) and source["palette"] == "none"
+    assert (spacing["spacing_ok"], source["spacing_ok"]) == (0.11, "manifest")
+
+
+def test_a_manifest_spacing_within_five_percent_of_the_file_is_kept(tmp_path):
+    lesion = files.disk(SHAPE, (32, 40), 12)
+    files.write_png(tmp_path / "mask.png", lesion * 255)
+    files.write(
+        tmp_path / "a.dcm", files.speckle(SHAPE), regions=[files.region(0, 0, 79, 63, 0.01)]
+    )
+    rows = [
+        _row("close", "a.dcm", "mask.png", pixel_spacing_mm="0.104"),
+        _row("far", "a.dcm", "mask.png", pixel_spacing_mm="0.106"),
+    ]
+    pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
+    validated = validate_manifest(str(tmp_path / "manifest.csv"), Settings(), "r")
+    assert validated.cohort["case_id"].tolist() == ["close"]
+    assert validated.quarantine["case_id"].tolist() == ["far"]
+    assert "0.106 disagrees with the file's 0.1 mm" in validated.quarantine["reason"].iloc[0]
+
+
+def test_a_seg_mask_of_a_cine_frame_validates(tmp_path):
+    loop = np.stack([files.speckle(SHAPE, seed) for seed in range(4)])
+    files.write(tmp_path / "loop.dcm", loop)
+    masks = np.stack([files.disk(SHAPE, (30, 40), 10)])
+    files.write_seg(tmp_path / "seg.dcm", tmp_path / "loop.dcm", masks, frames=[3])
+    rows = [
+        _row("seg", "loop.dcm", "seg.dcm", bmus_frame="3"),
+        _row("seg_wrong_frame", "loop.dcm", "seg.dcm", bmus_frame="2"),
+    ]
+    pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
+    validated = validate_manifest(str(tmp_path / "manifest.csv"), Settings(), "r")
+    assert validated.cohort["case_id"].tolist() == ["seg"]
+    reason = validated.quarantine.set_index("case_id").at["seg_wrong_frame", "reason"]
+    assert reason == "SEG has no segmentation of frame 2 (bmus_frame)"
+
+
+def test_header_identifiers_reach_no_table_and_no_log(dicom_cohort, caplog, capsys):
+    caplog.set_level(logging.DEBUG)
+    validated = validate_manifest(str(dicom_cohort), Settings(), "r")
+    text = validated.cohort.astype(str).to_csv() + validated.quarantine.astype(str).to_csv()
+    text += caplog.text + "".join(capsys.readouterr())
+    for value in files.IDENTIFIERS.values():
+        assert value not in text
+        assert value.split("^")[0] not in text
