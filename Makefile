@@ -13,7 +13,7 @@ export SLN_SHARED_DATA := $(SHARED_DATA)
 export PREFECT_LOGGING_EXTRA_LOGGERS := tasks
 
 .PHONY: install demo demo-busbra test test-fast lint format ui serve run backfill retrain \
-	validate cluster cluster-stop worker-gpu bench ui-snapshot clean slurm slurm-stop \
+	validate cluster cluster-stop worker-gpu bench bench-scale ui-snapshot clean slurm slurm-stop \
 	slurm-status certs
 
 install: $(STAMP)
@@ -113,9 +113,21 @@ demo-busbra: $(STAMP)
 	SLN_CNN_SIZE=112 SLN_CNN_EPOCHS=6 $(BIN)/sln retrain --store ./store-busbra
 	SLN_CNN_SIZE=112 $(BIN)/sln validate --store ./store-busbra
 
+# Radiomics: sln run vs the bare per-region pyradiomics loop vs pyradiomics' CLI (ICC and
+# reader-1 workloads, one run, same inputs) plus the profile table; then the CNN benchmark.
+# The radiomics tables are written into BENCHMARKS.md. Run on a quiet machine.
 bench: $(STAMP)
-	$(BIN)/python -m tests.bench.bench_radiomics --cases $(or $(CASES),400) --out bench-out
+	$(BIN)/python -m tests.bench.bench_radiomics --cases $(or $(CASES),400) --datasets busbra \
+	  --out bench-out --write
 	$(BIN)/python -m tests.bench.bench_embedding --cases 200 --size 224 --out bench-out
+
+# Growing synthetic cohorts (radiomics only) and a store of 100,000 synthesised cases:
+# planning, commit time per chunk as the table grows, compaction + log checkpoint.
+SIZES ?= 500,1000,2000
+STORE_CASES ?= 100000
+bench-scale: $(STAMP)
+	$(BIN)/python -m tests.bench.bench_scale --sizes $(SIZES) --store-cases $(STORE_CASES) \
+	  --out bench-out --write
 
 ui-snapshot: $(STAMP)
 	$(BIN)/python infra/ui_snapshot.py --flow-run-id latest

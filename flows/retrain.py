@@ -1,5 +1,6 @@
 """The retrain flow: fine-tune the CNN, embed, fit the three models, evaluate, register,
-and promote to ``champion`` unless DeLong shows the candidate worse on external validation.
+and promote to ``champion`` unless DeLong shows the candidate worse on internal testing
+(external validation is never used to make a decision).
 
 Every step is a Prefect task, so the run's graph in the UI shows where the time goes.
 """
@@ -75,7 +76,14 @@ def retrain(settings: Settings | None = None, promote_champion: bool = True) -> 
     data = load_features_task(store, current_params_hash(settings), cnn["version"])
     models = fit_models_task(data, settings)
     evaluation = evaluate_task(
-        models, data, run_id, "retrain", cohort_flow_counts_task(store), {"cnn": cnn["version"]}
+        models,
+        data,
+        run_id,
+        "retrain",
+        cohort_flow_counts_task(store),
+        {"cnn": cnn["version"]},
+        drift_resamples=settings.drift_permutations,
+        seed=settings.seed,
     )
     report = write_report_task(evaluation, store.uri("reports", run_id))
     logged = log_retrain_task(models, evaluation, report, settings, store, cnn)

@@ -63,6 +63,8 @@ def validate(settings: Settings | None = None, auc_floor: float | None = None):
         "validate",
         cohort_flow_counts_task(store),
         {"champion": f"sln-comb v{current['version']}"},
+        drift_resamples=settings.drift_permutations,
+        seed=settings.seed,
     )
     evaluation = evaluation.with_checks(check_floor_task(evaluation, settings.auc_floor))
     scored, written = write_predictions_task(models, data, run_id, current["version"], store)
@@ -75,8 +77,11 @@ def validate(settings: Settings | None = None, auc_floor: float | None = None):
         "report": report["html"],
         "checks_passed": evaluation.checks.passed,
         **{f"auc_COMB_{split}": round(m.auc, 3) for split, m in evaluation.models["COMB"].items()},
-        "drift_sites_over_0_25": sorted(
-            site for site, d in evaluation.drift.items() if d.features_over_0_25
+        "drift_flagged": sorted(
+            f"{split}/{site}"
+            for split, by_site in evaluation.drift.items()
+            for site, d in by_site.items()
+            if d.features_flagged
         ),
     }
     publish_evaluation("validate", evaluation, report)

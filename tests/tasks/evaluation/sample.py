@@ -9,8 +9,8 @@ evaluation reads (``features`` ... ``lasso``, ``logit``); the Youden threshold i
 on training.
 
 Shared by the evaluation tests and the registry test; the report.json stored beside it
-(``data/report.json``) was written from this input by the evaluation code before the
-typed-contract refactoring.
+(``data/report.json``) was written from this input by the evaluation code (regenerated when
+the report gained per-set site metrics, calibrated drift, model fits and TRIPOD+AI items).
 """
 
 from __future__ import annotations
