@@ -18,7 +18,6 @@ from prefect.futures import PrefectFuture, as_completed
 from flows.runtime.runners import task_runner
 from tasks.config import Settings
 from tasks.data.store import FeatureStore
-from tasks.features.cnn.embed import commit_embeddings_task, embed_chunk_task
 from tasks.features.plan import (
     CommitCounts,
     EmbeddingWork,
@@ -30,7 +29,6 @@ from tasks.features.plan import (
 from tasks.features.radiomics import commit_radiomics_task, extract_chunk_task
 
 KINDS = ("radiomics", "embeddings")
-COMMITS = {"radiomics": commit_radiomics_task, "embeddings": commit_embeddings_task}
 Submitted = dict[PrefectFuture, str]
 Totals = dict[str, CommitCounts]
 
@@ -55,6 +53,10 @@ def submit_radiomics(chunks: list[list[dict]], params: dict, settings: Settings)
 def submit_embeddings(
     chunks: list[list[dict]], work: EmbeddingWork, settings: Settings
 ) -> Submitted:
+    # torch is imported only where CNN work is planned: prefect-dask ships the flow with each
+    # task, so a module-level import would load torch into every radiomics worker.
+    from tasks.features.cnn.embed import embed_chunk_task
+
     with dask.annotate(resources={"GPU": 1}):
         return {
             embed_chunk_task.submit(chunk, work.model, work.dual, settings): "embeddings"
@@ -71,6 +73,11 @@ def commit_as_completed(
     gives up on it) is resubmitted once, so one dead process does not fail the night; a
     second death fails the run, and a plain re-run picks up what is left.
     """
+    commits = {"radiomics": commit_radiomics_task}
+    if "embeddings" in submitted.values():
+        from tasks.features.cnn.embed import commit_embeddings_task
+
+        commits["embeddings"] = commit_embeddings_task
     logger = get_run_logger()
     totals = empty_totals()
     chunks = {kind: list(submitted.values()).count(kind) for kind in KINDS}
@@ -88,7 +95,7 @@ def commit_as_completed(
                 pending[future] = kind
                 logger.warning("%s: a worker died running a chunk; resubmitted once", kind)
                 continue
-            totals[kind].add(COMMITS[kind](result, store, run_id, force))
+            totals[kind].add(commits[kind](result, store, run_id, force))
             done = totals[kind]
             logger.info(
                 "%s: chunk %d/%d committed (%d cases so far)",

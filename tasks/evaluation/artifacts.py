@@ -13,7 +13,6 @@ from prefect.artifacts import (
 )
 from prefect.cache_policies import NO_CACHE
 
-from tasks.evaluation.report import metrics_table
 from tasks.evaluation.results import Evaluation
 
 
@@ -40,6 +39,8 @@ def publish_run_summary(kind: str, summary: dict[str, Any]) -> None:
 
 def publish_evaluation(kind: str, evaluation: Evaluation, report: dict[str, str]) -> None:
     """The metrics table and a link to the report, on the run's Artifacts tab."""
+    from tasks.evaluation.report import metrics_table  # matplotlib: only for evaluations
+
     create_table_artifact(
         table=metrics_table(evaluation),
         key=f"{kind}-metrics",

@@ -13,7 +13,6 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.config import Settings
 from tasks.data.store import FeatureStore
-from tasks.features.cnn.embed import plan_embeddings
 from tasks.features.plan import Window, WorkPlan
 from tasks.features.radiomics import plan_radiomics
 
@@ -36,6 +35,8 @@ def plan_work(
     if radiomics:
         work.radiomics, work.params = plan_radiomics(cohort, store, settings, window)
     if embeddings:
+        from tasks.features.cnn.embed import plan_embeddings  # torch only where CNN work runs
+
         work.embeddings = plan_embeddings(cohort, store, settings, window, model)
     return work
 

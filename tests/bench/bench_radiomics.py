@@ -184,7 +184,8 @@ def table(results: list[dict]) -> str:
             f"| {label} | | sln extraction phase only | {r['sln_run_extract_s']} | "
             f"{r['speed_sln_extract']} | | | |"
         )
-        lines.append(f"| {label} | | sln vs CLI (CLI wall / sln wall) | | {r['sln_vs_cli']} |||| ")
+        versus_cli = f"| {label} | | sln vs CLI (CLI wall / sln wall) | | {r['sln_vs_cli']} |"
+        lines.append(versus_cli + " | | |")
         lines.append(
             f"| {label} | | re-run / first run | {r['rerun_share']:.1%} "
             f"({r['sln_run_again_cases_new']:.0f} cases extracted) | | | | |"
@@ -234,12 +235,14 @@ def main() -> None:
 
 def profile_table(prep: dict, n: int) -> str:
     from tasks.features.radiomics import load_params
-    from tests.bench.profile_radiomics import profile
+    from tests.bench.profile_radiomics import cpu_versus_execute, profile
     from tests.bench.profile_radiomics import table as profile_md
 
     cases = json.loads(prep["cases_json"].read_text())[:n]
-    clock = profile(cases, load_params(Settings().radiomics_params), prep["perturb"])
-    return f"{len(cases)} cases, one process:\n\n{profile_md(clock)}"
+    params = load_params(Settings().radiomics_params)
+    clock = profile(cases, params, prep["perturb"])
+    versus = cpu_versus_execute(cases, params, prep["perturb"])
+    return f"{len(cases)} cases, one process:\n\n{profile_md(clock)}\n\n{versus}"
 
 
 if __name__ == "__main__":

@@ -7,13 +7,14 @@ Each pyradiomics feature class is swapped for a subclass that times its construc
 timed as it yields. "checks, crops, rest" is a region's measuring time less both. Only
 timing wraps pyradiomics: the same functions run on the same inputs.
 
-Usage: ``python -m tests.bench.profile_radiomics CASES_JSON [--cases 20] [--perturb]``.
+Usage: ``python -m tests.bench.profile_radiomics CASES_JSON [--cases 20] [--perturb] [--write]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from collections import defaultdict
 from collections.abc import Iterator, Mapping, Sequence
@@ -106,6 +107,34 @@ def profile(cases: Sequence[Mapping[str, Any]], params: Mapping[str, Any], pertu
     return clock
 
 
+def cpu_versus_execute(
+    cases: Sequence[Mapping[str, Any]], params: Mapping[str, Any], perturb: bool, rounds: int = 2
+) -> str:
+    """CPU seconds (this process, so other load matters little) of the same regions measured
+    by ``execute`` per region and by the step's shared path, alternated, best of ``rounds``."""
+    from tasks.features.imaging import case_regions
+    from tasks.features.radiomics import extract_region, make_extractor
+    from tasks.features.radiomics_shared import SharedImage
+
+    extractor = make_extractor(params)
+    cases_regions = [case_regions(case, perturb=perturb) for case in cases]
+    best = {"execute": float("inf"), "shared": float("inf")}
+    for _ in range(rounds):
+        for mode in best:
+            started = time.process_time()
+            for regions in cases_regions:
+                shared = SharedImage(extractor, regions[0].image) if mode == "shared" else None
+                for region in regions:
+                    extract_region(extractor, region, shared)
+            best[mode] = min(best[mode], time.process_time() - started)
+    n = sum(len(r) for r in cases_regions)
+    return (
+        f"CPU s for {len(cases)} cases ({n} regions), best of {rounds}: `execute` per region "
+        f"{best['execute']:.2f}, each image filtered once {best['shared']:.2f}: "
+        f"{best['execute'] / best['shared']:.3f}x."
+    )
+
+
 def table(clock: Clock) -> str:
     """Markdown: seconds per region for each part, lesion and ring; filters per image."""
     regions = sorted(clock.regions)
@@ -139,16 +168,28 @@ def table(clock: Clock) -> str:
 def main() -> None:
     from tasks.config import Settings
     from tasks.features.radiomics import load_params, quiet_radiomics
+    from tests.bench.common import machine_line, write_section
 
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("cases_json")
     parser.add_argument("--cases", type=int, default=20)
     parser.add_argument("--perturb", action="store_true")
+    parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = parser.parse_args()
+    loads = [os.getloadavg()[0]]
     quiet_radiomics()
     cases = json.loads(open(args.cases_json).read())[: args.cases]
-    clock = profile(cases, load_params(Settings().radiomics_params), args.perturb)
-    print(table(clock))
+    params = load_params(Settings().radiomics_params)
+    text = f"{table(profile(cases, params, args.perturb))}\n\n"
+    text += cpu_versus_execute(cases, params, args.perturb)
+    loads.append(os.getloadavg()[0])
+    command = "python -m tests.bench.profile_radiomics CASES_JSON --cases {} {}".format(
+        len(cases), "--perturb" if args.perturb else ""
+    )
+    text = f"Command: `{command.strip()}`. {machine_line(loads)}\n\n{text}"
+    print(text)
+    if args.write:
+        write_section("radiomics-profile", text)
 
 
 if __name__ == "__main__":

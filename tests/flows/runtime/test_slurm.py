@@ -263,6 +263,9 @@ def test_cohort_retrain_validate_on_slurm(slurm, prefect_api, s3_endpoint, tmp_p
         "SLN_CNN_EPOCHS": "1",
         "SLN_CNN_BATCH_SIZE": "8",
         "SLN_RADIOMICS_PARAMS": str(original_only_params(tmp_path)),
+        # the model registry of this test only (with an s3:// store it would otherwise be
+        # the project's .mlflow/, shared with every other run)
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
     }
     env.pop("DASK_SCHEDULER_ADDRESS", None)
     logs: dict[str, str] = {}
