@@ -118,7 +118,9 @@ def _train_test(rows: pd.DataFrame, settings: Settings) -> list[str]:
 
     n_folds = max(2, round(1 / settings.test_share))
     labels = rows["label"].fillna(-1).astype(int).to_numpy()
-    groups = rows["patient_key"].to_numpy()
+    # Patients numbered by first appearance: the folds must not depend on the pseudonym
+    # key's values (a secret, different per store), or the same cohort would split differently.
+    groups = pd.factorize(rows["patient_key"])[0]
     counts = np.bincount(labels + 1)
     if len(np.unique(groups)) >= n_folds and counts[counts > 0].min() >= n_folds:
         folds = StratifiedGroupKFold(n_splits=n_folds, shuffle=True, random_state=settings.seed)

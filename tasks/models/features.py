@@ -100,8 +100,11 @@ def patient_groups(data: FeatureData, index: pd.Index) -> np.ndarray:
     when the cases carry no key), so that cross-validation keeps a patient in one fold."""
     if "patient_key" in data.cases:
         keys = data.cases.loc[index, "patient_key"]
-        return np.asarray(keys.fillna(pd.Series(index, index=index)).astype(str))
-    return np.asarray(index.astype(str))
+        keys = keys.fillna(pd.Series(index, index=index)).astype(str)
+    else:
+        keys = pd.Series(index.astype(str), index=index)
+    # Numbered by first appearance: folds must not depend on the secret pseudonym key's values.
+    return pd.factorize(keys)[0]
 
 
 def training_rows(data: FeatureData) -> tuple[pd.DataFrame, pd.Series]:

@@ -51,7 +51,9 @@ def early_stopping_fold(
         key = str(case_value(case, "patient_key") or case["case_id"])
         groups.setdefault(key, []).append(i)
     strata: dict[int, list[str]] = {}
-    for key in sorted(groups):
+    # Patients in order of first appearance (the callers' case order), not by key value:
+    # the draw must not depend on the secret pseudonym key.
+    for key in groups:
         label = max(int(case_value(cases[i], "label")) for i in groups[key])
         strata.setdefault(label, []).append(key)
     rng = np.random.default_rng(seed)

@@ -163,3 +163,20 @@ def test_a_patient_seen_at_a_validation_site_is_validation_throughout():
     cohort = _cohort(["p1", "p1", "p2"], sites=["A", "B", "A"])
     out = assign_splits(cohort, pd.DataFrame(), Settings(validation_sites=["B"]))
     assert out["split"].tolist()[:2] == ["validation", "validation"]
+
+
+def test_the_split_does_not_depend_on_the_pseudonym_keys_values():
+    # Two stores key the same patients with different secrets: the same cohort must split
+    # the same way (the folds number patients by first appearance, not by key value).
+    rng = np.random.default_rng(3)
+    patients = [f"p{i // 2}" for i in range(80)]
+    labels = [int(x) for x in rng.integers(0, 2, 80)]
+    settings = Settings(test_share=0.2, seed=11)
+    one = assign_splits(
+        _cohort([f"key-a-{p}" for p in patients], labels=labels), pd.DataFrame(), settings
+    )
+    other = assign_splits(
+        _cohort([f"zz-{p[::-1]}" for p in patients], labels=labels), pd.DataFrame(), settings
+    )
+    assert list(one["split"]) == list(other["split"])
+    assert set(one["split"]) == {"training", "testing"}
