@@ -302,7 +302,7 @@ def worker_gpu(
     import os
 
     from flows.runtime.cluster import worker_command
-    from flows.runtime.runners import WORKER_ENV
+    from flows.runtime.env import WORKER_ENV
 
     cmd = worker_command(scheduler, name, gpu=True)
     os.execvpe(cmd[0], cmd, {**os.environ, **WORKER_ENV})

@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from flows.runtime.runners import WORKER_ENV
+from flows.runtime.env import WORKER_ENV
 from flows.runtime.tls import cli_args
 from tasks.config import PROJECT_ROOT, Settings
 
@@ -46,6 +46,9 @@ def worker_command(scheduler: str, name: str, gpu: bool, tls_dir: Path | None = 
         "--host",
         "127.0.0.1",
         "--no-dashboard",
+        # the worker's HTTP server (health, metrics) runs even without the dashboard
+        "--dashboard-address",
+        "127.0.0.1:0",
     )
     if gpu:
         cmd += ["--resources", "GPU=1"]
@@ -72,7 +75,13 @@ def start_cluster(
     state.mkdir(parents=True, exist_ok=True)
     address = f"{'tls' if tls_dir else 'tcp'}://127.0.0.1:{port}"
     scheduler = _cli(
-        "scheduler", "--host", "127.0.0.1", "--port", str(port), "--dashboard-address", ":0"
+        "scheduler",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--dashboard-address",
+        "127.0.0.1:0",
     )
     if tls_dir:
         scheduler += ["--protocol", "tls", *cli_args(tls_dir, "scheduler")]

@@ -20,28 +20,8 @@ import dask
 from distributed import Nanny, Scheduler, SpecCluster
 from prefect_dask import DaskTaskRunner
 
+from flows.runtime.env import GPU_RESOURCE, MALLOC_ENV, ONE_THREAD_ENV
 from tasks.config import Settings
-
-ONE_THREAD_ENV = {
-    "OMP_NUM_THREADS": "1",
-    "OPENBLAS_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    "ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS": "1",
-}
-GPU_WORKER = "gpu-0"
-# The Dask resource CNN tasks are annotated with (dask.annotate(resources={GPU_RESOURCE: 1}))
-# and GPU workers offer (`dask worker --resources GPU=1`): here, in the Slurm GPU jobs, the
-# Kubernetes GPU worker group and the GPU image.
-GPU_RESOURCE = "GPU"
-# Dask's nanny gives workers MALLOC_TRIM_THRESHOLD_=65536. Setting it also freezes glibc's
-# mmap threshold at 128 KiB, so every image-sized numpy array pyradiomics makes is mmap'd,
-# page-faulted and munmap'd: measured here, workers then spent about half their CPU in the
-# kernel. Trim later and serve arrays up to 64 MiB from the heap.
-MALLOC_ENV = {
-    "MALLOC_TRIM_THRESHOLD_": str(64 * 2**20),
-    "MALLOC_MMAP_THRESHOLD_": str(64 * 2**20),
-}
-WORKER_ENV = {**ONE_THREAD_ENV, **MALLOC_ENV}
 
 
 def local_cluster(n_workers: int = 2, gpu_workers: int = 1, memory_limit: str = "auto"):
@@ -52,7 +32,14 @@ def local_cluster(n_workers: int = 2, gpu_workers: int = 1, memory_limit: str = 
     workers = {}
     for i in range(n_workers):
         name = f"gpu-{i}" if i < gpu_workers else f"cpu-{i - gpu_workers}"
-        options = {"nthreads": 1, "env": env, "memory_limit": memory_limit, "name": name}
+        options = {
+            "nthreads": 1,
+            "env": env,
+            "memory_limit": memory_limit,
+            "name": name,
+            "host": "127.0.0.1",
+            "dashboard_address": "127.0.0.1:0",  # the worker's HTTP server: loopback only
+        }
         if i < gpu_workers:
             options["resources"] = {GPU_RESOURCE: 1}
         workers[name] = {"cls": Nanny, "options": options}

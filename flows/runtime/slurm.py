@@ -46,7 +46,7 @@ from pathlib import Path
 
 from distributed.deploy.adaptive import Adaptive
 
-from flows.runtime.runners import GPU_RESOURCE, WORKER_ENV
+from flows.runtime.env import GPU_RESOURCE, WORKER_ENV
 from flows.runtime.tls import ensure_certs, security
 from tasks.config import PROJECT_ROOT, Settings
 
@@ -122,13 +122,24 @@ def tls_dir(settings: Settings) -> Path:
     return ensure_certs(settings.tls_dir or DEFAULT_TLS_DIR)
 
 
+def _site(key: str):
+    """A value of dask's ``jobqueue.slurm`` config (e.g. ~/.config/dask/jobqueue.yaml)."""
+    import dask
+
+    value = dask.config.get(f"jobqueue.slurm.{key}", None)
+    if key == "local-directory":
+        return value
+    return list(value or [])
+
+
 def cluster_kwargs(settings: Settings, environ: dict[str, str] | None = None) -> dict:
     """``SlurmCluster`` arguments from the settings: one process with one thread per job."""
     plain, secrets = worker_env(environ)
     loopback = not settings.slurm_interface
     worker_args = ["--no-dashboard"]
     if loopback:
-        worker_args += ["--host", "127.0.0.1"]
+        # the worker's HTTP server (health, metrics) runs even without the dashboard
+        worker_args += ["--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0"]
     kwargs = {
         "cores": 1,
         "processes": 1,
@@ -138,11 +149,15 @@ def cluster_kwargs(settings: Settings, environ: dict[str, str] | None = None) ->
         "gpu_queue": settings.slurm_gpu_partition,
         "gpu_directives": [f"--gres={settings.slurm_gpu_gres}"] if settings.slurm_gpu_gres else [],
         "job_name": "sln-cpu",
-        "job_script_prologue": job_script_prologue(plain),
-        "job_extra_directives": [export_directive(secrets)],
-        "worker_extra_args": worker_args,
+        # a site's own dask-jobqueue settings (jobqueue.slurm.*) come first, ours after
+        "job_script_prologue": [*_site("job-script-prologue"), *job_script_prologue(plain)],
+        "job_extra_directives": [
+            *(d for d in _site("job-extra-directives") if not d.startswith("--export")),
+            export_directive(secrets),  # the only --export: never ALL
+        ],
+        "worker_extra_args": [*_site("worker-extra-args"), *worker_args],
         "python": sys.executable,
-        "local_directory": "${TMPDIR:-/tmp}",
+        "local_directory": _site("local-directory") or "${TMPDIR:-/tmp}",
         "log_directory": str(settings.slurm_log_dir),
         "security": security(tls_dir(settings)),
         "scheduler_options": {

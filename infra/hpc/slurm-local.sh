@@ -133,13 +133,19 @@ wait_for() {
         sleep 0.2
     done
     log "$what did not come up within ${seconds}s; logs in $D/log"
-    tail -n 20 "$D/log/$what.log" "$D/log/$what.out" 2>/dev/null >&2 || true
+    tail -n 20 "$D/log/$what.log" "$D/log/$what.out" >&2 2>/dev/null || true
     return 1
 }
 
 munge_ok() { munge -S "$D/munge/sock" -n | unmunge -S "$D/munge/sock"; }
 
 node_idle() { case "$(node_state)" in idle | mix | alloc) return 0 ;; *) return 1 ;; esac; }
+
+failed() {
+    stop_daemons
+    log "not started: see the logs in $D/log"
+    exit 1
+}
 
 start() {
     install
@@ -159,12 +165,12 @@ start() {
     spawn munged munged -F --force -S "$D/munge/sock" --key-file="$D/munge/munge.key" \
         --pid-file="$D/run/munged.pid" --log-file="$D/log/munged.log" \
         --seed-file="$D/munge/munged.seed"
-    wait_for munged 10 munge_ok
+    wait_for munged 10 munge_ok || failed
     # -c: a fresh controller state (jobs of an earlier run were cancelled by `stop`).
     spawn slurmctld slurmctld -D -c -f "$SLURM_CONF"
-    wait_for slurmctld 20 scontrol ping
+    wait_for slurmctld 20 scontrol ping || failed
     spawn slurmd slurmd -D -c -f "$SLURM_CONF"
-    wait_for slurmd 30 node_idle
+    wait_for slurmd 30 node_idle || failed
     log "up: node $HOST, partitions cpu (default) and gpu, state in $D"
     echo "export SLURM_CONF=$SLURM_CONF"
 }

@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.runtime.runners import MALLOC_ENV
+from flows.runtime.env import MALLOC_ENV
 from tasks.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

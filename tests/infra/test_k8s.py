@@ -23,7 +23,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from flows.runtime.runners import GPU_RESOURCE, WORKER_ENV
+from flows.runtime.env import GPU_RESOURCE, WORKER_ENV
 from tasks.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -64,6 +64,17 @@ def test_secrets_are_only_named_and_plain_settings_are_exported():
     assert slurm_runtime.export_directive([]) == "--export=NONE"
 
 
+def test_site_jobqueue_config_comes_first_and_cannot_export_all(tmp_path):
+    site = {
+        "jobqueue.slurm.job-extra-directives": ["--qos=short", "--export=ALL"],
+        "jobqueue.slurm.job-script-prologue": ["module load cuda"],
+    }
+    with dask.config.set(site):
+        kwargs = slurm_runtime.cluster_kwargs(Settings(tls_dir=make_certs(tmp_path)), {})
+    assert kwargs["job_extra_directives"] == ["--qos=short", "--export=NONE"]
+    assert kwargs["job_script_prologue"][0] == "module load cuda"
+
+
 @pytest.fixture
 def slurm_settings(tmp_path):
     return Settings(
