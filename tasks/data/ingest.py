@@ -68,7 +68,7 @@ class IngestReport:
     def summary(self) -> str:
         splits = ", ".join(f"{k} {v}" for k, v in sorted(self.splits.items()))
         return (
-            f"ingest {self.manifest}: {self.rows_in} rows, {self.valid} valid "
+            f"ingest: {self.rows_in} rows, {self.valid} valid "
             f"({self.new_versions} new case versions), {self.quarantined} quarantined; "
             f"splits: {splits or 'none'}"
         )

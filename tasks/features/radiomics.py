@@ -323,7 +323,10 @@ def extract_cases(
                 extract_case(case, params, ring_mm, ring_px, extractor=extractor, perturb=perturb)
             )
         except ExtractionError as exc:
-            out.warning("radiomics quarantine: %s", exc)
+            # case and column only: file paths stay in the quarantine table, out of the logs
+            out.warning(
+                "radiomics quarantine: case %s (%s): %s", exc.case_id, exc.column, exc.reason
+            )
             failures.append(exc.quarantine_entry())
         if k % PROGRESS_EVERY == 0 or k == len(cases):
             elapsed = time.perf_counter() - start

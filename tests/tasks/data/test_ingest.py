@@ -148,9 +148,10 @@ def test_report_summary_names_counts_and_splits():
         problems={},
     )
     assert report.summary() == (
-        "ingest m.csv: 10 rows, 8 valid (3 new case versions), 2 quarantined; "
+        "ingest: 10 rows, 8 valid (3 new case versions), 2 quarantined; "
         "splits: testing 2, training 6"
     )
+    assert "m.csv" not in report.summary()  # paths stay out of logs
     empty = IngestReport("m.csv", "r", 0, 0, 0, 0, 0, {}, None, {})
     assert empty.summary().endswith("splits: none")
 
