@@ -108,6 +108,7 @@ certs: $(STAMP)
 # BUS-BRA: real B-mode images, label = malignant, a held-out scanner as external validation.
 demo-busbra: $(STAMP)
 	$(BIN)/sln busbra --out demo-busbra/manifest.csv --limit-patients $(or $(PATIENTS),400)
+	$(BIN)/sln local-key --store ./store-busbra  # public data: a local key file is enough
 	SLN_DATA_ROOTS=$(SHARED_DATA)/busbra SLN_CNN_SIZE=112 SLN_CNN_EPOCHS=6 \
 	  $(BIN)/sln run demo-busbra/manifest.csv --store ./store-busbra
 	SLN_CNN_SIZE=112 SLN_CNN_EPOCHS=6 $(BIN)/sln retrain --store ./store-busbra

@@ -246,6 +246,15 @@ def demo(
     typer.echo("Prefect UI: http://127.0.0.1:4200")
 
 
+@app.command("local-key")
+def local_key(store: str = typer.Option(..., help="Store root")) -> None:
+    """Make a store's local pseudonymisation key file (0600), for public or synthetic data
+    only: real patients need SLN_PSEUDONYM_KEY from a secret manager."""
+    from tasks.data.secrets import create_local_key
+
+    typer.echo(f"key file: {create_local_key(store)}")
+
+
 @app.command()
 def backfill(
     exam_from: str = typer.Option(..., "--from", help="First exam date (YYYY-MM-DD)"),

@@ -77,3 +77,20 @@ def test_weights_convert_tflite_command(tmp_path, shared_data):
     checkpoint = torch.load(out, map_location="cpu", weights_only=False)
     assert checkpoint["state_dict"]["classifier.1.weight"].shape == (1000, 1280)
     assert checkpoint["meta"]["tf_padding"] is True
+
+
+def test_local_key_makes_one_private_key_file_per_store(tmp_path):
+    import stat
+
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    store = tmp_path / "store"
+    first = CliRunner().invoke(app, ["local-key", "--store", str(store)])
+    assert first.exit_code == 0, first.output
+    key = store / ".secrets" / "pseudonym.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and len(key.read_bytes()) >= 32
+    before = key.read_bytes()
+    CliRunner().invoke(app, ["local-key", "--store", str(store)])
+    assert key.read_bytes() == before  # an existing key is never replaced
