@@ -41,7 +41,28 @@ def _run(name: str, **parameters):
 
 
 def _result(run) -> dict:
-    return run.state.result(raise_on_failure=True)
+    """The run's summary as the UI shows it: its latest ``cohort-run-counts`` table artifact.
+
+    Flow results are not persisted (patient data must not land in Prefect's result storage),
+    so a deployment run's summary is read back from its artifact, not from its state."""
+    import json
+
+    import httpx
+
+    assert run.state.is_completed()
+    api = os.environ["PREFECT_API_URL"]
+    resp = httpx.get(f"{api}/artifacts/cohort-run-counts/latest")
+    resp.raise_for_status()
+    rows = resp.json()["data"]
+    rows = json.loads(rows) if isinstance(rows, str) else rows
+    out = {}
+    for row in rows:
+        value = row["value"]
+        try:
+            out[row["what"]] = json.loads(value) if isinstance(value, str) else value
+        except ValueError:
+            out[row["what"]] = value
+    return out
 
 
 @pytest.fixture(scope="module")
