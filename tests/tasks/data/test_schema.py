@@ -19,28 +19,7 @@ from tasks.data.schema import (
     known,
     perturbed_mask_sha,
 )
-
-
-def _case(case_id: str = "C1", reader2: bool = False, repeat: bool = False) -> dict:
-    row = {
-        "case_id": case_id,
-        "bmus_image": f"/d/{case_id}.png",
-        "bmus_image_sha256": f"img-{case_id}",
-        "bmus_mask": f"/d/{case_id}_m.png",
-        "bmus_mask_sha256": f"m1-{case_id}",
-        "bmus_mask_reader2": None,
-        "bmus_mask_reader2_sha256": None,
-        "bmus_mask_repeat": float("nan"),  # pandas rows carry NaN for a missing value
-        "bmus_mask_repeat_sha256": pd.NA,
-        "exam_date": "2024-01-01",
-    }
-    if reader2:
-        row["bmus_mask_reader2"] = f"/d/{case_id}_r2.png"
-        row["bmus_mask_reader2_sha256"] = f"r2-{case_id}"
-    if repeat:
-        row["bmus_mask_repeat"] = f"/d/{case_id}_rep.png"
-        row["bmus_mask_repeat_sha256"] = f"rep-{case_id}"
-    return row
+from tests.tasks.data.rows import case_row
 
 
 def test_perturbed_mask_id_is_derived_from_reader1_and_the_version():
@@ -52,17 +31,17 @@ def test_perturbed_mask_id_is_derived_from_reader1_and_the_version():
 
 def test_perturbed_variant_only_with_the_flag_and_without_real_repeats():
     names = lambda case, perturb: [v.name for v in case_variants(case, perturb)]  # noqa: E731
-    assert names(_case(), False) == ["reader1"]
-    assert names(_case(), True) == ["reader1", "perturbed"]
-    assert names(_case(reader2=True), True) == ["reader1", "reader2"]
-    assert names(_case(repeat=True), True) == ["reader1", "repeat"]
-    assert names(_case(reader2=True, repeat=True), True) == ["reader1", "reader2", "repeat"]
+    assert names(case_row(), False) == ["reader1"]
+    assert names(case_row(), True) == ["reader1", "perturbed"]
+    assert names(case_row(reader2=True), True) == ["reader1", "reader2"]
+    assert names(case_row(repeat=True), True) == ["reader1", "repeat"]
+    assert names(case_row(reader2=True, repeat=True), True) == ["reader1", "reader2", "repeat"]
     for empty in (None, "", float("nan"), pd.NA):  # no reader-1 mask, nothing to perturb
-        assert names({**_case(), "bmus_mask": empty}, True) == []
+        assert names({**case_row(), "bmus_mask": empty}, True) == []
     # A repeat column that is present but empty is no repeat.
-    assert names({**_case(), "bmus_mask_repeat": ""}, True) == ["reader1", "perturbed"]
+    assert names({**case_row(), "bmus_mask_repeat": ""}, True) == ["reader1", "perturbed"]
 
-    perturbed = case_variants(_case(), True)[1]
+    perturbed = case_variants(case_row(), True)[1]
     assert perturbed.column == "bmus_mask"  # generated from reader 1's file
     assert perturbed.mask_sha256 == perturbed_mask_sha("m1-C1")
     # A row without hashes (a bare test row) still gets the variant, without an id.
@@ -71,7 +50,7 @@ def test_perturbed_variant_only_with_the_flag_and_without_real_repeats():
 
 
 def test_manifest_variants_carry_their_column_and_file_hash():
-    variants = case_variants(_case(reader2=True), False)
+    variants = case_variants(case_row(reader2=True), False)
     assert [(v.column, v.mask_sha256) for v in variants] == [
         ("bmus_mask", "m1-C1"),
         ("bmus_mask_reader2", "r2-C1"),

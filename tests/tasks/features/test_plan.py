@@ -8,28 +8,7 @@ import pytest
 from tasks.config import Settings
 from tasks.data.schema import perturbed_mask_sha
 from tasks.features.plan import plan_cases, variant_keys
-
-
-def _case(case_id: str = "C1", reader2: bool = False, repeat: bool = False) -> dict:
-    row = {
-        "case_id": case_id,
-        "bmus_image": f"/d/{case_id}.png",
-        "bmus_image_sha256": f"img-{case_id}",
-        "bmus_mask": f"/d/{case_id}_m.png",
-        "bmus_mask_sha256": f"m1-{case_id}",
-        "bmus_mask_reader2": None,
-        "bmus_mask_reader2_sha256": None,
-        "bmus_mask_repeat": float("nan"),  # pandas rows carry NaN for a missing value
-        "bmus_mask_repeat_sha256": pd.NA,
-        "exam_date": "2024-01-01",
-    }
-    if reader2:
-        row["bmus_mask_reader2"] = f"/d/{case_id}_r2.png"
-        row["bmus_mask_reader2_sha256"] = f"r2-{case_id}"
-    if repeat:
-        row["bmus_mask_repeat"] = f"/d/{case_id}_rep.png"
-        row["bmus_mask_repeat_sha256"] = f"rep-{case_id}"
-    return row
+from tests.tasks.data.rows import case_row
 
 
 def test_the_setting_is_on_by_default(monkeypatch):
@@ -39,12 +18,12 @@ def test_the_setting_is_on_by_default(monkeypatch):
 
 
 def test_variant_keys():
-    assert variant_keys(_case()) == [("C1", "reader1", "img-C1", "m1-C1")]
-    assert variant_keys(_case(), perturb=True) == [
+    assert variant_keys(case_row()) == [("C1", "reader1", "img-C1", "m1-C1")]
+    assert variant_keys(case_row(), perturb=True) == [
         ("C1", "reader1", "img-C1", "m1-C1"),
         ("C1", "perturbed", "img-C1", perturbed_mask_sha("m1-C1")),
     ]
-    assert variant_keys(_case(repeat=True), perturb=True) == [
+    assert variant_keys(case_row(repeat=True), perturb=True) == [
         ("C1", "reader1", "img-C1", "m1-C1"),
         ("C1", "repeat", "img-C1", "rep-C1"),
     ]
@@ -58,7 +37,7 @@ def _stored(keys: list[tuple[str, str, str, str]], version: str = "p1") -> pd.Da
 
 @pytest.fixture
 def cohort() -> pd.DataFrame:
-    return pd.DataFrame([_case("A"), _case("B", repeat=True), _case("C")])
+    return pd.DataFrame([case_row("A"), case_row("B", repeat=True), case_row("C")])
 
 
 def test_a_case_without_its_perturbed_rows_is_todo_only_when_perturbing(cohort):
@@ -98,7 +77,7 @@ def test_a_plan_survives_the_store_as_json(tmp_path):
     from tasks.data.store import FeatureStore
     from tasks.features.plan import EmbeddingWork, Plan, Window, WorkPlan, load_plan, save_plan
 
-    case = {**_case("A"), "label": np.int8(1), "pixel_spacing_mm": np.float64(0.1)}
+    case = {**case_row("A"), "label": np.int8(1), "pixel_spacing_mm": np.float64(0.1)}
     case["ingested_at"] = pd.Timestamp("2024-01-01", tz="UTC")
     work = WorkPlan(
         radiomics=Plan(todo=[case], skipped=2, window=3),
