@@ -10,13 +10,16 @@ from tasks.config import Settings
 from tasks.data.store import FeatureStore
 
 
-def _artifact(api_url: str, key: str) -> dict:
+def _artifact(api_url: str, key: str, run_id: str) -> dict:
+    """The artifact ``key`` of one flow run (the server is shared by the whole session)."""
     import httpx
 
-    resp = httpx.post(f"{api_url}/artifacts/filter", json={"artifacts": {"key": {"any_": [key]}}})
+    flow_run_id = run_id.removeprefix("cohort-")
+    query = {"artifacts": {"key": {"any_": [key]}, "flow_run_id": {"any_": [flow_run_id]}}}
+    resp = httpx.post(f"{api_url}/artifacts/filter", json=query)
     resp.raise_for_status()
     found = resp.json()
-    assert found, f"no artifact {key}"
+    assert len(found) == 1, f"{len(found)} artifacts {key} for run {run_id}"
     return found[0]
 
 
@@ -64,7 +67,7 @@ def test_cohort_flow_extracts_once_and_quarantines_bad_cases(tiny_cohort, tmp_pa
     assert failed["case_id"].tolist() == ["T000"]
     assert "tiny_mask.png" in failed["file"].iloc[0]
 
-    artifact = _artifact(prefect_api, "cohort-run-summary")
+    artifact = _artifact(prefect_api, "cohort-run-summary", first["run_id"])
     assert "cases_new | 7" in artifact["data"]
 
     # Embeddings: every case (the tiny mask still gives a crop), start weights named.
