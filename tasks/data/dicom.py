@@ -247,7 +247,7 @@ def check_decodable(header: Header) -> None:
         raise DicomError(f"{header.samples} samples per pixel: expected 1 (grey) or 3 (colour)")
     try:
         decoder = get_decoder(header.transfer_syntax)
-    except NotImplementedError:
+    except NotImplementedError:  # pydicom's answer for a syntax it has no decoder for at all
         decoder = None
     if decoder is None or not decoder.is_available:
         raise DicomError(
