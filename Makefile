@@ -14,7 +14,7 @@ export PREFECT_LOGGING_EXTRA_LOGGERS := tasks
 
 .PHONY: install demo demo-busbra test test-fast lint format ui serve run backfill retrain \
 	validate cluster cluster-stop worker-gpu bench bench-scale ui-snapshot clean slurm slurm-stop \
-	slurm-status certs
+	slurm-status certs fuzz
 
 install: $(STAMP)
 
@@ -43,6 +43,10 @@ test: $(STAMP) lint
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -m "not slow"
+
+# The ingest fuzz test at full size (CI runs it smaller inside `make test`).
+fuzz: $(STAMP)
+	SLN_FUZZ_CASES=10000 $(BIN)/pytest tests/reliability/test_fuzz.py -p no:randomly -q
 
 # The main job on the embedded defaults: synthetic cohort -> cohort flow (local Prefect
 # server, LocalCluster) -> store under $(STORE).

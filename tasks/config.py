@@ -128,6 +128,35 @@ class Settings(BaseSettings):
     drift_permutations: int = Field(
         500, ge=50, description="Resamples of the drift null (per site, per split)"
     )
+    # Deep features of training rows (issue 10): out-of-fold CNNs, so nothing fitted on
+    # them (LASSO, logistic models, threshold) sees an embedding of a case its CNN trained on.
+    cnn_crossfit: Literal["crossfit", "in-sample"] = Field(
+        "crossfit",
+        description="'crossfit': training rows' deep features come from K CNNs fine-tuned "
+        "without them (folds grouped by patient); 'in-sample': from the final CNN",
+    )
+    cnn_folds: int = Field(5, ge=2, description="K of the cross-fitted CNNs")
+    # Scanner harmonisation, compared in every retrain report.
+    harmonisation: Literal["auto", "none", "image", "combat"] = Field(
+        "auto",
+        description="'none'; 'image': pyradiomics z-score normalisation of each image before "
+        "extraction (radiomics_params_normalised); 'combat': ComBat on the features, fitted on "
+        "training, a new site harmonised from its own unlabelled features; 'auto': fit all "
+        "three, register the best by internal testing AUC (ties: the simpler)",
+    )
+    radiomics_params_normalised: Path = Field(INFRA_DIR / "radiomics-normalised.yaml")
+    combat_min_cases: int = Field(
+        10, ge=2, description="Cases a site needs before ComBat estimates its own effects"
+    )
+    # Hostile input: limits checked on the image header before anything is decoded.
+    max_image_pixels: int = Field(
+        4096 * 4096, ge=1, description="Largest image (pixels per frame) decoded"
+    )
+    max_image_side: int = Field(8192, ge=1, description="Largest size of any image axis")
+    max_frames: int = Field(1, ge=1, description="Frames per image (cine loops are refused)")
+    spacing_range_mm: tuple[float, float] = Field(
+        (0.005, 5.0), description="Plausible pixel spacing (mm); outside it the case is refused"
+    )
 
     @field_validator("data_roots", mode="before")
     @classmethod
