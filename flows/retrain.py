@@ -24,6 +24,14 @@ from tasks.evaluation.evaluate import (
     evaluate_task,
 )
 from tasks.evaluation.report import write_report_task
+from tasks.features.cnn.crossfit import (
+    CROSSFIT,
+    finetune_fold_task,
+    fold_numbers,
+    held_out_cohorts,
+    load_crossfit,
+    record_crossfit_task,
+)
 from tasks.features.cnn.embed import set_current_model_task
 from tasks.features.cnn.start import start_weights_task
 from tasks.features.cnn.train import finetune_task
@@ -36,7 +44,8 @@ from tasks.models.registry import champion_task, log_retrain_task, promote_task
 
 @flow(name="train-and-embed", log_prints=True)
 def train_and_embed(settings: Settings, run_id: str, table_versions: dict) -> dict:
-    """Fine-tune on a GPU-resource worker, then embed every case with the new model."""
+    """Fine-tune on a GPU-resource worker the final CNN and, in cross-fit mode, the K fold
+    CNNs; embed every case with the final one and each fold's held-out cases with its own."""
     store = FeatureStore(settings.store)
     cases = training_cases_task(store, table_versions["cohort"])
     get_run_logger().info(
@@ -44,16 +53,30 @@ def train_and_embed(settings: Settings, run_id: str, table_versions: dict) -> di
     )
     start = start_weights_task(settings, store)
     with dask.annotate(resources={"GPU": 1}):
-        meta = finetune_task.submit(cases, settings, start, table_versions).result()
+        final = finetune_task.submit(cases, settings, start, table_versions)
+        folds = [
+            finetune_fold_task.submit(cases, k, settings, start, table_versions)
+            for k in fold_numbers(settings)
+        ]
+    meta = record_crossfit_task(store, final.result(), [f.result() for f in folds], settings)
     cohort = current_cohort(store.read(COHORT))
     settings = with_perturbation(cohort, settings)
     work = plan_work_task(cohort, store, settings, radiomics=False, model=meta["uri"])
-    totals = commit_as_completed(
-        submit_embeddings(embedding_chunks(work, settings), work.embeddings, settings),
-        store,
-        run_id,
-    )
-    return {"cnn": meta, "embeddings": totals["embeddings"]}
+    final_chunks = submit_embeddings(embedding_chunks(work, settings), work.embeddings, settings)
+    fold_chunks = {}
+    if meta["crossfit"]["mode"] == CROSSFIT:
+        for uri, held in held_out_cohorts(cohort, load_crossfit(store, meta["crossfit"]), store):
+            work = plan_work_task(held, store, settings, radiomics=False, model=uri)
+            fold_chunks |= submit_embeddings(
+                embedding_chunks(work, settings), work.embeddings, settings
+            )
+    totals = commit_as_completed(final_chunks, store, run_id)
+    fold_totals = commit_as_completed(fold_chunks, store, run_id)
+    return {
+        "cnn": meta,
+        "embeddings": totals["embeddings"],
+        "fold_embeddings": fold_totals["embeddings"],
+    }
 
 
 @flow(name="retrain", log_prints=True, persist_result=False)
@@ -73,7 +96,9 @@ def retrain(settings: Settings | None = None, promote_champion: bool = True) -> 
         settings, run_id, versions
     )
     cnn = trained["cnn"]
-    data = load_features_task(store, current_params_hash(settings), cnn["version"])
+    data = load_features_task(
+        store, current_params_hash(settings), cnn["version"], crossfit=cnn["crossfit"]
+    )
     models = fit_models_task(data, settings)
     evaluation = evaluate_task(
         models,

@@ -22,7 +22,7 @@ from tasks.evaluation.evaluate import (
 from tasks.evaluation.report import write_report_task
 from tasks.features.work import plan_work_task
 from tasks.models.features import load_features_task
-from tasks.models.registry import champion_task, load_bundle_task
+from tasks.models.registry import bundle_crossfit, champion_task, load_bundle_task
 
 
 @flow(name="validate", log_prints=True, persist_result=False)
@@ -53,8 +53,19 @@ def validate(settings: Settings | None = None, auc_floor: float | None = None):
     settings = with_perturbation(cohort, settings)
     work = plan_work_task(cohort, store, settings, radiomics=False, model=cnn["uri"])
     run_extraction(work, settings, run_id)
+    crossfit = bundle_crossfit(bundle)  # None: an in-sample CNN, or a bundle from before
+    if crossfit is not None:
+        # The champion's training cases are scored with their fold CNN's embeddings; a case
+        # whose files changed since the retrain gets them first (usually nothing to do).
+        from tasks.features.cnn.crossfit import held_out_cohorts, load_crossfit
 
-    data = load_features_task(store, lineage["params_hash"], lineage["cnn_model_version"])
+        for uri, held in held_out_cohorts(cohort, load_crossfit(store, crossfit), store):
+            fold_work = plan_work_task(held, store, settings, radiomics=False, model=uri)
+            run_extraction(fold_work, settings, run_id)
+
+    data = load_features_task(
+        store, lineage["params_hash"], lineage["cnn_model_version"], crossfit=crossfit
+    )
     models = bundle["models"]
     evaluation = evaluate_task(
         models,

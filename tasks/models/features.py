@@ -10,6 +10,7 @@ perturbed reader-1 masks as the fallback, see :meth:`FeatureData.pairs`). Writes
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,24 +161,111 @@ def embedding_matrix(embeddings: pd.DataFrame, cohort: pd.DataFrame, variant: st
     )
 
 
+def _crossfit_map(store: FeatureStore, crossfit: Mapping[str, Any] | None) -> dict | None:
+    """The case -> fold model map of a cross-fitted CNN: ``crossfit`` is the map itself
+    (with ``cases``) or the CNN meta's summary naming it; None (or ``in-sample``): none."""
+    if not crossfit or crossfit.get("mode") != "crossfit":
+        return None
+    if "cases" in crossfit:
+        return dict(crossfit)
+    from tasks.features.cnn.crossfit import load_crossfit  # torch only for cross-fitted CNNs
+
+    return load_crossfit(store, crossfit)
+
+
+def deep_matrix(
+    embeddings: pd.DataFrame,
+    cohort: pd.DataFrame,
+    variant: str,
+    model_version: str,
+    mapping: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    """One mask variant's deep features: the cases of ``mapping`` from their fold model's
+    embeddings (never the final model's), every other case from ``model_version``'s."""
+    final = embedding_matrix(
+        embeddings[embeddings["model_version"] == model_version], cohort, variant
+    )
+    if mapping is None:
+        return final
+    assigned = pd.DataFrame(list(mapping["cases"].items()), columns=["case_id", "model_version"])
+    folded = embedding_matrix(
+        embeddings.merge(assigned, on=["case_id", "model_version"]), cohort, variant
+    )
+    others = final.loc[final.index.difference(pd.Index(assigned["case_id"]), sort=False)]
+    if others.empty or folded.empty:
+        return folded if others.empty else others
+    if list(others.columns) != list(folded.columns):
+        raise ValueError(
+            f"fold models' embeddings ({folded.shape[1]} values) and {model_version}'s "
+            f"({others.shape[1]}) differ in width"
+        )
+    return pd.concat([others, folded])
+
+
+def _check_folded(
+    deep: pd.DataFrame, cohort: pd.DataFrame, mapping: Mapping[str, Any], model_version: str
+) -> None:
+    """Every current labelled training case of the map has its fold model's reader-1
+    embedding: falling back to the final model's would leak its training into the fits."""
+    if mapping["final_model"] != model_version:
+        raise ValueError(
+            f"cross-fitting map of {mapping['final_model']} given for CNN {model_version}"
+        )
+    training = cohort[(cohort["split"] == "training") & cohort["label"].notna()]
+    training = set(training["case_id"].astype(str))
+    missing = [c for c in mapping["cases"] if c in training and c not in deep.index]
+    if missing:
+        named = ", ".join(f"{c} (fold model {mapping['cases'][c]})" for c in missing[:5])
+        raise ValueError(
+            f"{len(missing)} training case(s) lack the reader-1 embedding of the fold model "
+            f"that held them out: {named}; embed them with it (retrain) first"
+        )
+
+
+def deep_lineage(crossfit: Mapping[str, Any] | None, mapping: dict | None) -> dict[str, Any]:
+    """Which CNNs gave the training rows' deep features (the report says which)."""
+    if mapping is None:
+        return {"mode": "in-sample", "folds": None, "fold_models": []}
+    out = {"mode": "crossfit", "folds": mapping["folds"], "fold_models": mapping["fold_models"]}
+    if crossfit and "mapping" in crossfit:
+        out["mapping"] = crossfit["mapping"]
+    return out
+
+
 def load_features(
     store: FeatureStore,
     params_hash: str,
     model_version: str,
     versions: dict[str, int | None] | None = None,
+    crossfit: Mapping[str, Any] | None = None,
 ) -> FeatureData:
     """Matrices for every current case that has both feature families, pinned to table
-    ``versions`` (default: the latest) so a model records exactly what it read."""
+    ``versions`` (default: the latest) so a model records exactly what it read.
+
+    ``crossfit``: the CNN meta's ``crossfit`` summary (or the map itself); in cross-fit mode
+    the deep columns of the map's (training) cases come from the fold model that held each
+    out, every other case's from ``model_version``. None or ``in-sample``: all from
+    ``model_version``. ``lineage["deep_features"]`` says which.
+
+    Raises
+    ------
+    ValueError
+        No case has both families, or a training case of the map lacks its fold embedding.
+    """
     versions = versions or store.versions(FEATURE_TABLES)
+    mapping = _crossfit_map(store, crossfit)
     cohort = current_cohort(store.read(COHORT, version=versions["cohort"]))
     radiomics = store.read(RADIOMICS, version=versions["radiomics"])
     radiomics = radiomics[radiomics["params_hash"] == params_hash]
     embeddings = store.read(EMBEDDINGS, version=versions["embeddings"])
-    embeddings = embeddings[embeddings["model_version"] == model_version]
+    models = {model_version, *(mapping["fold_models"] if mapping else ())}
+    embeddings = embeddings[embeddings["model_version"].isin(models)]
     X: dict[str, pd.DataFrame] = {}
     for variant in (*MASK_VARIANTS, *GENERATED_VARIANTS):
         hf = radiomics_matrix(radiomics, cohort, variant)
-        df = embedding_matrix(embeddings, cohort, variant)
+        df = deep_matrix(embeddings, cohort, variant, model_version, mapping)
+        if mapping is not None and variant == "reader1":
+            _check_folded(df, cohort, mapping, model_version)
         if hf.empty or df.empty:
             continue
         X[variant] = hf.join(df, how="inner")
@@ -195,6 +283,7 @@ def load_features(
         "cnn_model_version": model_version,
         "cases_with_features": int(len(cases)),
         "cases_in_cohort": int(len(cohort)),
+        "deep_features": deep_lineage(crossfit, mapping),
     }
     data = FeatureData(X=X, cases=cases, lineage=lineage)
     # The repeats the ICC filter will use, as fit_models picks them (labelled training rows).
@@ -216,9 +305,10 @@ def load_features_task(
     params_hash: str,
     model_version: str,
     versions: dict[str, int | None] | None = None,
+    crossfit: dict[str, Any] | None = None,
 ) -> FeatureData:
     """:func:`load_features` as a task run of its own in the flow's graph."""
-    return load_features(store, params_hash, model_version, versions)
+    return load_features(store, params_hash, model_version, versions, crossfit)
 
 
 @task(name="training-cases", cache_policy=NO_CACHE)

@@ -10,7 +10,10 @@ The bundle is a pickle: whoever can replace it runs code where it is loaded. Its
 recorded at registration (a tag of the registered version, in the registry database) and
 checked before every load; a bundle that does not match is refused, never unpickled.
 No case or patient identifier goes to MLflow: the CNN's meta loses its case id lists
-(counts stay) before it is logged.
+(counts stay) before it is logged. Its ``crossfit`` summary (mode, K, fold model versions,
+the store-relative path of the case -> fold model map) goes into the bundle, so the champion's
+training cases are scored with the cross-fitted deep features it was fitted on
+(:func:`bundle_crossfit`); the map itself stays in the store.
 """
 
 from __future__ import annotations
@@ -41,7 +44,8 @@ REGISTERED = "sln-comb"
 CHAMPION = "champion"
 BUNDLE = "bundle/models.joblib"
 BUNDLE_SHA256 = "bundle_sha256"
-PRIVATE_META = ("fit_case_ids", "early_stopping_case_ids")  # case ids: never to MLflow
+# case ids: never to MLflow (a fold CNN's held-out cases stay in its meta in the store)
+PRIVATE_META = ("fit_case_ids", "early_stopping_case_ids", "held_out_case_ids")
 TRACKED = ("auc", "accuracy", "sensitivity", "specificity", "ppv", "npv", "brier")
 
 
@@ -87,6 +91,7 @@ def log_retrain(
     mlflow, client = _client(settings, store)
     lineage = dict(evaluation.versions)
     cnn_meta = public_meta(cnn_meta)
+    crossfit = cnn_meta.get("crossfit") or {}
     with mlflow.start_run(run_name=evaluation.run_id) as run:
         mlflow.set_tags(
             {"kind": "retrain", "flow_run": evaluation.run_id, "code_version": code_version()}
@@ -100,6 +105,8 @@ def log_retrain(
                 "seed": settings.seed,
                 "params_hash": lineage["params_hash"],
                 "cnn_model_version": lineage["cnn_model_version"],
+                "cnn_crossfit": crossfit.get("mode", "in-sample"),
+                "cnn_folds": crossfit.get("folds") or 0,
                 "table_versions": json.dumps(lineage["table_versions"]),
                 **{f"threshold.{k}": round(v, 6) for k, v in evaluation.thresholds.items()},
             }
@@ -154,6 +161,14 @@ def public_meta(meta: dict[str, Any]) -> dict[str, Any]:
         if key in meta:
             out[key.removesuffix("_ids") + "_count"] = len(meta[key])
     return out
+
+
+def bundle_crossfit(bundle: dict[str, Any]) -> dict[str, Any] | None:
+    """What :func:`tasks.models.features.load_features` needs to give the bundle's training
+    cases their cross-fitted deep features (the CNN meta's ``crossfit`` summary); None for
+    an in-sample CNN and for bundles logged before cross-fitting (in-sample too)."""
+    summary = (bundle.get("cnn") or {}).get("crossfit")
+    return dict(summary) if summary and summary.get("mode") == "crossfit" else None
 
 
 def file_sha256(path: str | Path) -> str:

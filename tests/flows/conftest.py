@@ -11,7 +11,12 @@ import pytest
 from flows.cohort import cohort as cohort_flow
 from tasks.config import Settings
 
-SMALL_CNN = {"SLN_CNN_SIZE": "64", "SLN_CNN_EPOCHS": "2", "SLN_CNN_BATCH_SIZE": "8"}
+SMALL_CNN = {
+    "SLN_CNN_SIZE": "64",
+    "SLN_CNN_EPOCHS": "2",
+    "SLN_CNN_BATCH_SIZE": "8",
+    "SLN_CNN_FOLDS": "2",  # cross-fitted: the final CNN and two fold CNNs
+}
 
 
 @pytest.fixture(scope="session")  # one retrain serves both test modules

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -38,5 +39,22 @@ def test_retrain_registers_promotes_and_reports(trained):
             assert lo <= metrics["auc"] <= hi
     assert report["selected_features"]["COMB"]
     assert set(report["delong"]["validation"]) == {"COMB_vs_ONLY_HF", "COMB_vs_ONLY_DF"}
+    # Cross-fitted deep features: every labelled training case is embedded (every mask
+    # variant) by the fold CNN that held it out, which never saw it; the map is in the store.
+    deep = report["versions"]["deep_features"]
+    assert deep["mode"] == "crossfit" and deep["folds"] == 2 and len(deep["fold_models"]) == 2
+    mapping = json.loads(Path(store.uri(*deep["mapping"].split("/"))).read_text())
+    rows = store.read("cohort")
+    training = rows[(rows["split"] == "training") & rows["label"].notna()]
+    assert set(mapping["cases"]) == set(training["case_id"])
+    variants = new.groupby("case_id")["mask_variant"].apply(set)
+    for version in deep["fold_models"]:
+        meta = json.loads(Path(store.uri("models", "cnn", version, "meta.json")).read_text())
+        held = {c for c, v in mapping["cases"].items() if v == version}
+        assert held == set(meta["held_out_case_ids"])
+        assert not held & {*meta["fit_case_ids"], *meta["early_stopping_case_ids"]}
+        fold = embeddings[embeddings["model_version"] == version]
+        assert set(fold["case_id"]) == held
+        assert fold.groupby("case_id")["mask_variant"].apply(set).equals(variants.loc[sorted(held)])
     html = open(summary["report"]).read()
     assert "not a cleared medical device" in html and html.count("<img") >= 4

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +26,9 @@ def test_validate_writes_predictions_and_fails_under_the_floor(trained):
     assert predictions["prob_COMB"].between(0, 1).all()
     assert set(predictions["predicted_COMB"].unique()) <= {0, 1}
     assert not math.isnan(result["auc_COMB_validation"])
+    # The champion's training cases were scored with their cross-fitted deep features.
+    report = json.loads(Path(result["report"]).with_suffix(".json").read_text())
+    assert report["versions"]["deep_features"]["mode"] == "crossfit"
 
     failed = validate(settings, auc_floor=0.999, return_state=True)
     assert failed.is_failed()

@@ -205,8 +205,14 @@ def plan_embeddings(
 ) -> EmbeddingWork:
     """Cases (of ``cohort``) x variants lacking embeddings for the model (and crop size)."""
     spec = model or current_model(store, settings)
-    dual = has_cdus(cohort.to_dict("records")) if not cohort.empty else False
-    _, version, meta = model_for(spec, dual, settings)
+    cdus = has_cdus(cohort.to_dict("records")) if not cohort.empty else False
+    # A fine-tuned model keeps its own streams (a BMUS-only one embeds cases with a CDUS
+    # image too, e.g. a fold model's held-out cases); the cases choose a start model's.
+    _, version, meta = model_for(spec, None, settings)
+    if meta.get("kind") != "cnn" and not cdus:
+        _, version, meta = model_for(spec, False, settings)
+    elif meta.get("kind") == "cnn" and meta["dual"] and not cdus:
+        raise ValueError(f"model {version} is dual-stream; some cases have no CDUS image")
     stored = store.read(EMBEDDINGS, columns=[*EMBEDDINGS.keys, "crop_size"])
     if not stored.empty:
         stored = stored[stored["crop_size"] == meta["input_size"]]

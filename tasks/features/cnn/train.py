@@ -283,6 +283,8 @@ def finetune(
     start: str,
     table_versions: Mapping[str, int | None] | None = None,
     log: Logger | None = None,
+    extra: Mapping[str, Any] | None = None,
+    dual: bool | None = None,
 ) -> dict[str, Any]:
     """Fine-tune the dual-stream MobileNetV2 on the training rows; save it with lineage.
 
@@ -303,6 +305,9 @@ def finetune(
         ``"auto"``/``"tflite"`` are resolved through it).
     table_versions : feature-store table versions the rows came from, for lineage.
     log : logger for progress lines (default: this module's).
+    extra : more lineage for the meta (a fold model's fold and held-out cases).
+    dual : the streams (None: dual when every case has a CDUS image); a fold model takes
+        the final model's, so their embeddings have one width.
 
     Returns
     -------
@@ -317,7 +322,7 @@ def finetune(
     cases = [dict(c) for c in cases]
     check_training(cases)
     start = resolve_start(start, settings, store)
-    dual = has_cdus(cases)
+    dual = has_cdus(cases) if dual is None else dual
     device = resolve_device(settings.cnn_device)
     size, margin, seed = settings.cnn_size, settings.cnn_margin, settings.seed
     fit_rows, val_rows = early_stopping_fold(cases, settings.cnn_val_share, seed)
@@ -340,6 +345,7 @@ def finetune(
     meta = _model_meta(
         cases, (fit_rows, val_rows), start, fitted, hyper, settings, device, store, table_versions
     )
+    meta.update(extra or {})
     save_model(store, fitted.best_state, meta)
     out.info(
         "cnn model %s saved (best epoch %d) to %s", meta["version"], fitted.best_epoch, meta["uri"]

@@ -172,3 +172,73 @@ def test_task_wrappers_call_the_steps(tmp_path):
     data = load_features_task.fn(store, "p", "m")
     pd.testing.assert_frame_equal(data.reader1, load_features(store, "p", "m").reader1)
     assert training_cases_task.fn(store) == training_cases(store)
+
+
+# -- cross-fitted deep features -----------------------------------------------------------------
+def _with_fold_embeddings(store: FeatureStore, cohort: pd.DataFrame, folded: dict[str, str]):
+    """Fold model rows for the cases of ``folded`` (case -> fold version), every variant the
+    final model ``m`` has, their vectors all ``100 + case number``."""
+    final = store.read(EMBEDDINGS)
+    rows = final[final["case_id"].isin(list(folded)) & (final["model_version"] == "m")].copy()
+    rows["model_version"] = rows["case_id"].map(folded)
+    rows["fused"] = [[100.0 + int(c[1:])] * 4 for c in rows["case_id"]]
+    store.insert_new(EMBEDDINGS, rows)
+
+
+CROSSFIT_MAP = {
+    "mode": "crossfit",
+    "folds": 2,
+    "final_model": "m",
+    "fold_models": ["f1", "f2"],
+    "cases": {"C0": "f1", "C1": "f2", "C2": "f1", "C3": "f2", "C4": "f1"},
+}
+
+
+def test_load_features_takes_the_fold_models_embeddings_for_the_mapped_cases(tmp_path):
+    from tasks.features.cnn.crossfit import save_crossfit
+
+    store, cohort = _store_with_features(tmp_path, repeats=True)
+    _with_fold_embeddings(store, cohort, CROSSFIT_MAP["cases"])
+    in_sample = load_features(store, "p", "m")
+    assert in_sample.lineage["deep_features"] == {
+        "mode": "in-sample",
+        "folds": None,
+        "fold_models": [],
+    }
+    summary = {
+        "mode": "crossfit",
+        "folds": 2,
+        "fold_models": ["f1", "f2"],
+        "mapping": save_crossfit(store, CROSSFIT_MAP),
+    }
+    for crossfit in (CROSSFIT_MAP, summary):  # the map itself, or the CNN meta's summary
+        data = load_features(store, "p", "m", crossfit=crossfit)
+        deep = [c for c in data.reader1.columns if c.startswith("df:")]
+        assert sorted(data.reader1.index) == [f"C{i}" for i in range(6)]
+        for case in CROSSFIT_MAP["cases"]:  # their fold model's, in every variant
+            assert (data.reader1.loc[case, deep] == 100 + int(case[1:])).all()
+            if case in data.X["repeat"].index:
+                assert (data.X["repeat"].loc[case, deep] == 100 + int(case[1:])).all()
+        # An unmapped case keeps the final model's; handcrafted columns do not change.
+        pd.testing.assert_series_equal(data.reader1.loc["C5"], in_sample.reader1.loc["C5"])
+        hf = [c for c in data.reader1.columns if c.startswith("hf:")]
+        pd.testing.assert_frame_equal(
+            data.reader1[hf], in_sample.reader1.loc[data.reader1.index, hf]
+        )
+        lineage = data.lineage["deep_features"]
+        assert lineage["mode"] == "crossfit" and lineage["folds"] == 2
+        assert lineage["fold_models"] == ["f1", "f2"]
+    assert data.lineage["deep_features"]["mapping"] == "models/cnn/m/crossfit.json"
+    # In-sample summary (or none, an old bundle): today's behaviour.
+    same = load_features(store, "p", "m", crossfit={"mode": "in-sample"})
+    pd.testing.assert_frame_equal(same.reader1, in_sample.reader1)
+
+
+def test_a_mapped_training_case_without_its_fold_embedding_is_an_error(tmp_path):
+    store, cohort = _store_with_features(tmp_path, repeats=True)
+    _with_fold_embeddings(store, cohort, CROSSFIT_MAP["cases"])
+    mapping = CROSSFIT_MAP | {"cases": CROSSFIT_MAP["cases"] | {"C5": "f2"}}
+    with pytest.raises(ValueError, match=r"C5 \(fold model f2\)"):
+        load_features(store, "p", "m", crossfit=mapping)
+    with pytest.raises(ValueError, match="map of m given for CNN other"):
+        load_features(store, "p", "other", crossfit=CROSSFIT_MAP)

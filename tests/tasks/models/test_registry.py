@@ -201,13 +201,37 @@ def test_a_bundle_without_a_recorded_sha256_is_not_loaded(tmp_path):
 def test_case_ids_never_reach_mlflow(tracked):
     import mlflow
 
-    settings, store, data, models, evaluation, report, _ = tracked
-    meta = CNN | {"fit_case_ids": ["SECRET-CASE-1"], "early_stopping_case_ids": ["SECRET-2"]}
+    settings, store, data, models, evaluation, report, logged = tracked
+    # A bundle from before cross-fitting (no summary): in-sample.
+    assert registry.bundle_crossfit(load_bundle(logged["mlflow_run_id"], settings, store)) is None
+    summary = {
+        "mode": "crossfit",
+        "folds": 2,
+        "fold_models": ["cnn-f1", "cnn-f2"],
+        "mapping": "models/cnn/cnn-x/crossfit.json",
+    }
+    meta = CNN | {
+        "fit_case_ids": ["SECRET-CASE-1"],
+        "early_stopping_case_ids": ["SECRET-2"],
+        "held_out_case_ids": ["SECRET-3", "SECRET-4"],
+        "crossfit": summary,
+    }
     logged = log_retrain(models, evaluation, report, settings, store, meta)
     logged_meta = mlflow.artifacts.load_dict(f"runs:/{logged['mlflow_run_id']}/cnn/meta.json")
-    assert logged_meta == CNN | {"fit_case_count": 1, "early_stopping_case_count": 1}
+    assert logged_meta == CNN | {
+        "fit_case_count": 1,
+        "early_stopping_case_count": 1,
+        "held_out_case_count": 2,
+        "crossfit": summary,
+    }
+    params = mlflow.MlflowClient().get_run(logged["mlflow_run_id"]).data.params
+    assert params["cnn_crossfit"] == "crossfit" and params["cnn_folds"] == "2"
     bundle = load_bundle(logged["mlflow_run_id"], settings, store)
-    assert "fit_case_ids" not in bundle["cnn"]
+    assert "fit_case_ids" not in bundle["cnn"] and "held_out_case_ids" not in bundle["cnn"]
+    # The bundle carries what load_features needs for the champion's training cases.
+    assert registry.bundle_crossfit(bundle) == summary
+    assert registry.bundle_crossfit({"cnn": {"crossfit": {"mode": "in-sample"}}}) is None
     for path in Path(store.root, "mlflow").rglob("*"):
         if path.is_file():
-            assert b"SECRET-CASE-1" not in path.read_bytes(), path
+            for secret in (b"SECRET-CASE-1", b"SECRET-3"):
+                assert secret not in path.read_bytes(), path
