@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pandas as pd
 from prefect import task
@@ -64,13 +64,16 @@ class IngestReport:
     splits: dict[str, int]
     cohort_version: int | None
     problems: dict[str, list[str]]
+    unknown_columns: list[str] = field(default_factory=list)  # names, never values
 
     def summary(self) -> str:
         splits = ", ".join(f"{k} {v}" for k, v in sorted(self.splits.items()))
+        unknown = len(self.unknown_columns)
         return (
             f"ingest: {self.rows_in} rows, {self.valid} valid "
             f"({self.new_versions} new case versions), {self.quarantined} quarantined; "
             f"splits: {splits or 'none'}"
+            + (f"; {unknown} unknown manifest column(s) not read" if unknown else "")
         )
 
 
@@ -94,6 +97,7 @@ def ingest(manifest: str, store: FeatureStore, settings: Settings, run_id: str) 
         splits=cohort["split"].value_counts().to_dict(),
         cohort_version=store.version(COHORT),
         problems=validated.problems_by_case,
+        unknown_columns=validated.unknown_columns,
     )
     log.info(report.summary())
     return report

@@ -6,8 +6,10 @@ from here (the manifest schema, the split names, which masks a case is measured 
 
 from __future__ import annotations
 
+import difflib
 import hashlib
-from collections.abc import Mapping
+import unicodedata
+from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -40,8 +42,11 @@ MANIFEST_COLUMNS = (
 # image. Optional: a manifest of one-frame files (what the writers here emit) leaves them out.
 FRAME_COLUMNS = {"bmus_image": "bmus_frame", "cdus_image": "cdus_frame"}
 KNOWN_COLUMNS = (*MANIFEST_COLUMNS, *FRAME_COLUMNS.values())  # every column validation reads
+# Identifiers: stripped and Unicode NFC at ingest, at most this long, no control characters.
+ID_COLUMNS = ("case_id", "patient_id", "site")
+MAX_ID_LENGTH = 128
 # Where a row's pixel_spacing_mm came from (tasks.data.validate decides).
-SPACING_SOURCES = ("manifest", "us_region", "pixel_spacing", "none")
+SPACING_SOURCES = ("manifest", "us_region", "pixel_spacing", "header", "none")
 # Mask variants a manifest can give (variant -> column).
 MASK_VARIANTS = {
     "reader1": "bmus_mask",
@@ -109,3 +114,32 @@ def frame_column(column: str) -> str | None:
 def _sha(case: Mapping[str, Any], column: str) -> str | None:
     value = case.get(f"{column}_sha256")
     return str(value) if known(value) else None
+
+
+def normalise_id(value: Any) -> str | None:
+    """An identifier as stored: stripped, Unicode NFC (an NFC and an NFD "Café" are one
+    case); None when missing."""
+    return unicodedata.normalize("NFC", str(value).strip()) if known(value) else None
+
+
+def id_problem(column: str, value: str | None) -> str | None:
+    """Reason an identifier is refused, or None. Never echoes the value: a patient_id is
+    personal data, and a hostile one (newlines, bidi overrides) would forge log lines."""
+    if value is None:
+        return None
+    if len(value) > MAX_ID_LENGTH:
+        return f"{column} is longer than {MAX_ID_LENGTH} characters"
+    if any(unicodedata.category(ch) in ("Cc", "Cf", "Cs", "Co", "Cn") for ch in value):
+        return f"{column} holds control, format or unassigned characters"
+    return None
+
+
+def unknown_columns(columns: Iterable[Any]) -> dict[str, str | None]:
+    """Manifest columns validation does not read, each with the known column it is closest
+    to (a misspelt optional column), if any."""
+    out: dict[str, str | None] = {}
+    for name in (str(c) for c in columns):
+        if name not in KNOWN_COLUMNS:
+            close = difflib.get_close_matches(name.lower(), KNOWN_COLUMNS, n=1, cutoff=0.8)
+            out[name] = close[0] if close else None
+    return out

@@ -11,6 +11,11 @@ frame column (``bmus_frame``, ``cdus_frame``), and the pixel size comes from the
 when the manifest has none (the ultrasound region holding the lesion, else PixelSpacing);
 ``pixel_spacing_source`` records which. A manifest value more than 5% off the file's is
 held back with both values.
+
+Hostile input: every file's header is checked against the settings' limits before its
+pixels are decoded (:mod:`tasks.data.headers`); ids are NFC; unknown columns are warned
+about by name; a failure of the storage (an errno ``OSError`` other than a file gone or
+forbidden) raises so the ingest task retries, a file gone mid-ingest quarantines its case.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from collections.abc import Callable, Mapping
+import logging
+import unicodedata
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime
@@ -28,12 +35,24 @@ import pandas as pd
 import SimpleITK as sitk
 
 from tasks.config import Settings
-from tasks.data import dicom, uris
+from tasks.data import dicom, headers, schema, uris
+from tasks.data.headers import Limits
 from tasks.data.quarantine import quarantine_frame
-from tasks.data.schema import FILE_COLUMNS, FRAME_COLUMNS, REQUIRED_COLUMNS, SPLITS, frame_column
+from tasks.data.schema import (
+    FILE_COLUMNS,
+    FRAME_COLUMNS,
+    ID_COLUMNS,
+    REQUIRED_COLUMNS,
+    SPLITS,
+    frame_column,
+    normalise_id,
+)
 from tasks.data.secrets import pseudonym_key
 from tasks.data.splits import check_patient_splits
 from tasks.data.tables import COHORT
+from tasks.features.imaging import as_2d, check_mask, error_reason, read_image, storage_error
+
+log = logging.getLogger(__name__)
 
 
 class ManifestError(ValueError):
@@ -58,17 +77,15 @@ class Validated:
     rows_in: int
     manifest: str
     problems_by_case: dict[str, list[str]] = field(default_factory=dict)
+    unknown_columns: list[str] = field(default_factory=list)  # names only, never values
 
 
 Result = tuple[dict[str, object], list[Problem]]  # one row's resolved record and problems
 
 
 def _empty(value: object) -> bool:
-    if value is None:
-        return True
-    if isinstance(value, float) and np.isnan(value):
-        return True
-    return isinstance(value, str) and value.strip() == ""
+    # None, NaN, pd.NA (a Parquet manifest's missing string) or blank: schema.known's "no".
+    return not schema.known(value)
 
 
 def read_manifest(manifest: str) -> pd.DataFrame:
@@ -141,86 +158,71 @@ def _parse_frame(value: object, column: str) -> int | None:
     return int(number)
 
 
-def _read_array(uri: str, frame: object = None, frame_col: str = "bmus_frame") -> np.ndarray:
-    """Read an image file into a numpy array (SimpleITK; object stores via a temp copy;
-    DICOM: the manifest's frame, colour models converted)."""
-    from tasks.features.imaging import read_image  # imaging owns the one way to read pixels
-
-    return sitk.GetArrayFromImage(read_image(uri, frame, frame_col))
+def _read_image(uri: str, frame: object, frame_col: str, limits: Limits) -> sitk.Image:
+    """One 2D frame of an image file, its header checked against ``limits`` first
+    (:func:`tasks.features.imaging.read_image`; a one-slice volume loses its slice axis)."""
+    return as_2d(read_image(uri, frame, frame_col, limits, at_ingest=True))
 
 
-def _spacing(record: dict[str, object], mask: np.ndarray | None, problems: list[Problem]) -> None:
+def _spacing(
+    record: dict[str, object],
+    mask: np.ndarray | None,
+    header_mm: tuple[float, float] | None,
+    limits: Limits,
+    problems: list[Problem],
+) -> None:
     """Set ``pixel_spacing_mm`` and ``pixel_spacing_source``: the manifest's value, else the
-    B-mode DICOM file's (the ultrasound region holding the lesion, else PixelSpacing)."""
+    B-mode file's (:func:`_file_spacing`); a manifest value more than 5% off the file's is
+    held back with both values, and the value used must lie in ``spacing_range_mm``."""
     given = record.get("pixel_spacing_mm")
     record["pixel_spacing_source"] = "none" if given is None else "manifest"
-    image = record.get("bmus_image")
-    if not image or not dicom.is_dicom(str(image)):
-        return
+    image = str(record.get("bmus_image") or "")
     try:
-        header = dicom.read_header(str(image))
-        pair, source = dicom.file_spacing(header, None if mask is None else dicom.mask_box(mask))
-        found = None if pair is None else dicom.square_spacing(pair)
-    except dicom.DicomError as exc:
-        if given is None:  # non-square pixels matter only when the file's spacing is used
-            problems.append(Problem(exc.column or "bmus_image", exc.reason, str(image)))
-        return
-    if found is None:
-        return
-    if given is None:
+        found, source = headers.file_spacing(image, mask, header_mm)
+    except dicom.DicomError as exc:  # non-square pixels matter only when the file's are used
+        found, source = None, "none"
+        if given is None:
+            problems.append(Problem(exc.column or "bmus_image", exc.reason, image))
+    if found is not None and given is None:
         record["pixel_spacing_mm"], record["pixel_spacing_source"] = found, source
-    elif abs(float(given) - found) > SPACING_TOLERANCE * found:
-        where = "ultrasound region" if source == "us_region" else "PixelSpacing"
+    elif found is not None and abs(float(given) - found) > SPACING_TOLERANCE * found:
+        where = {"us_region": "ultrasound region", "header": "image header"}.get(source)
         problems.append(
             Problem(
                 "pixel_spacing_mm",
                 f"pixel_spacing_mm {given:g} disagrees with the file's {found:.6g} mm "
-                f"({where}) by more than {SPACING_TOLERANCE:.0%}: correct the manifest value "
-                "or leave it empty to use the file's",
-                str(image),
+                f"({where or 'PixelSpacing'}) by more than {SPACING_TOLERANCE:.0%}: correct "
+                "the manifest value or leave it empty to use the file's",
+                image,
             )
         )
+    used = record.get("pixel_spacing_mm")
+    where = str(record["pixel_spacing_source"]).replace("_", " ")
+    if reason := headers.check_spacing(None if used is None else float(used), limits, where):
+        problems.append(Problem("pixel_spacing_mm", reason, image))
 
 
 def _unreadable(exc: BaseException) -> str:
-    from tasks.features.imaging import error_reason  # one wording for every stage's errors
-
     return f"unreadable image: {error_reason(exc)}"[:300]
 
 
-def _grid(array: np.ndarray) -> tuple[int, ...]:
-    # A colour image carries its channels last; the grid is what a mask must match.
-    return array.shape[:-1] if array.ndim == 3 and array.shape[-1] in (3, 4) else array.shape
-
-
-def check_mask(mask: np.ndarray, image_grid: tuple[int, ...]) -> str | None:
-    """Reason a mask is unusable, or None: same grid, binary (0 + one value), not empty."""
-    if mask.ndim == 3 and mask.shape[-1] in (3, 4):
-        if not all(np.array_equal(mask[..., 0], mask[..., c]) for c in range(1, mask.shape[-1])):
-            return "mask is a colour image, not a binary mask"
-        mask = mask[..., 0]
-    if mask.shape != tuple(image_grid):
-        return f"mask size {mask.shape[::-1]} does not match the image size {image_grid[::-1]}"
-    values = np.unique(mask)
-    if values.size > 2 or values[0] != 0 and values.size == 2:
-        shown = ", ".join(str(v) for v in values[:6])
-        return f"mask is not binary (values: {shown}{'...' if values.size > 6 else ''})"
-    if not np.any(mask):
-        return "mask is empty (no foreground pixel)"
-    return None
-
-
-def validate_row(row: Mapping[str, object], base: str, roots: list[str]) -> Result:
-    """Check one manifest row: values, paths, files. Returns the resolved record and problems."""
+def validate_row(
+    row: Mapping[str, object], base: str, roots: list[str], limits: Limits | None = None
+) -> Result:
+    """Check one manifest row: values, paths, files (each file's header against ``limits``,
+    default the settings' defaults, before its pixels are decoded). Returns the resolved
+    record and problems; raises only for a failure of the storage (retried)."""
+    limits = limits or Limits.defaults()
     problems: list[Problem] = []
     record: dict[str, object] = {}
     for col in REQUIRED_COLUMNS:
         if _empty(row.get(col)):
             problems.append(Problem(col, f"missing value for required column {col}"))
-    record["case_id"] = None if _empty(row.get("case_id")) else str(row["case_id"]).strip()
-    record["site"] = None if _empty(row.get("site")) else str(row["site"]).strip()
-    patient = row.get("patient_id")
-    record["patient_id"] = record["case_id"] if _empty(patient) else str(patient).strip()
+    for col in ID_COLUMNS:
+        record[col] = normalise_id(row.get(col))
+        if reason := schema.id_problem(col, record[col]):
+            problems.append(Problem(col, reason))
+    record["patient_id"] = record["patient_id"] or record["case_id"]
     for col, parse in (("label", _parse_label), ("exam_date", _parse_date)):
         try:
             record[col] = parse(row.get(col))
@@ -251,11 +253,14 @@ def validate_row(row: Mapping[str, object], base: str, roots: list[str]) -> Resu
             Problem("split", f"split must be one of {', '.join(SPLITS)} or empty, got {split!r}")
         )
 
-    arrays: dict[str, np.ndarray] = {}
+    images: dict[str, sitk.Image] = {}
     for col, image_col in FILE_COLUMNS.items():
         raw = row.get(col)
         record[col] = record[f"{col}_sha256"] = None
         if _empty(raw):
+            continue
+        if any(unicodedata.category(ch) == "Cc" for ch in str(raw).strip()):
+            problems.append(Problem(col, "path holds control characters (a NUL, a newline)"))
             continue
         uri = uris.resolve(str(raw).strip(), base)
         if not uris.within(uri, roots):
@@ -271,32 +276,51 @@ def validate_row(row: Mapping[str, object], base: str, roots: list[str]) -> Resu
             if frame is not None and frame != 1 and one_frame:
                 problems.append(Problem(frame_col, f"{frame_col} given for a one-frame file", uri))
                 continue
-            array = _read_array(uri, frame, frame_col)
-        except dicom.DicomError as exc:
+            image = _read_image(uri, frame, frame_col, limits)
+            sha = uris.sha256(uri)
+        except (dicom.DicomError, headers.HeaderError) as exc:
             problems.append(Problem(exc.column or col, exc.reason[:300], uri))
             continue
-        except uris.StorageError:
-            raise  # the storage failed, not the file: the ingest task retries
+        except FileNotFoundError:  # there at the check, gone at the read or the hash
+            problems.append(Problem(col, "file vanished during ingest (found, then gone)", uri))
+            continue
         except Exception as exc:
+            if _storage_failure(exc):
+                raise  # the storage failed, not the file: the ingest task retries
             problems.append(Problem(col, _unreadable(exc), uri))
             continue
         if image_col is not None:
-            if image_col not in arrays:
+            if image_col not in images:
                 if _empty(row.get(image_col)):
                     problems.append(Problem(col, f"mask given without {image_col}", uri))
                 continue  # the image's own problem is reported once, under its column
-            reason = check_mask(array, _grid(arrays[image_col]))
-            if reason:
+            grid = sitk.GetArrayViewFromImage(images[image_col]).shape[:2]
+            array = sitk.GetArrayViewFromImage(image)
+            if reason := check_mask(array, grid, image.GetNumberOfComponentsPerPixel()):
                 problems.append(Problem(col, reason, uri))
                 continue
-        arrays[col] = array
-        record[col] = uri
-        record[f"{col}_sha256"] = uris.sha256(uri)
-    if "bmus_image" in arrays:
-        _spacing(record, arrays.get("bmus_mask"), problems)
+        images[col] = image
+        record[col], record[f"{col}_sha256"] = uri, sha
+    if "bmus_image" in images:
+        mask = images.get("bmus_mask")
+        plane = None if mask is None else sitk.GetArrayViewFromImage(mask)
+        if plane is not None and plane.ndim == 3:
+            plane = plane[..., 0]
+        header_mm = images["bmus_image"].GetSpacing()[:2] if _geometry(record) else None
+        _spacing(record, plane, header_mm, limits, problems)
     else:
         record["pixel_spacing_source"] = None
     return record, problems
+
+
+def _geometry(record: Mapping[str, object]) -> bool:
+    return headers.suffix(str(record["bmus_image"])) in headers.GEOMETRY
+
+
+def _storage_failure(exc: BaseException) -> bool:
+    """A failure of the storage (retried), not of the file: see
+    :func:`tasks.features.imaging.storage_error`; a file we may not read is the file's."""
+    return storage_error(exc) and not isinstance(exc, (PermissionError, IsADirectoryError))
 
 
 def _version_payload(record: Mapping[str, object]) -> str:
@@ -360,6 +384,18 @@ def _check_stored_cases(results: list[Result], stored: pd.DataFrame | None, key:
         )
 
 
+def _unknown_columns(columns: Iterable[object]) -> list[str]:
+    """Columns validation does not read, warned about by name (never by value: an extra
+    column may hold identifiers such as PatientName), with the known one each is near."""
+    unknown = schema.unknown_columns(columns)
+    if unknown:
+        shown = [ascii(n[:60]) + (f" (did you mean {c}?)" if c else "") for n, c in unknown.items()]
+        log.warning(
+            "manifest has %d unknown column(s), not read: %s", len(shown), ", ".join(shown[:20])
+        )
+    return list(unknown)
+
+
 def validate_manifest(
     manifest: str,
     settings: Settings,
@@ -376,6 +412,7 @@ def validate_manifest(
     base = uris.parent(manifest)
     roots = [uris.normalise_root(r) for r in (settings.data_roots or [base])]
     entries: list[dict[str, object]] = []
+    unknown = _unknown_columns(frame.columns)
 
     missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
     rows = frame.to_dict("records")
@@ -384,7 +421,7 @@ def validate_manifest(
         for i, row in enumerate(rows, start=1):
             entries.append(
                 {
-                    "case_id": row.get("case_id") or None,
+                    "case_id": normalise_id(row.get("case_id")),
                     "manifest_row": i,
                     "column": missing[0],
                     "file": manifest,
@@ -396,11 +433,13 @@ def validate_manifest(
             quarantine=quarantine_frame(entries, "ingest", manifest, run_id),
             rows_in=len(rows),
             manifest=manifest,
+            unknown_columns=unknown,
         )
 
     results: list[Result] = []
     with ThreadPoolExecutor(max_workers=4) as pool:
-        futures = [pool.submit(validate_row, row, base, roots) for row in rows]
+        limits = Limits.of(settings)
+        futures = [pool.submit(validate_row, row, base, roots, limits) for row in rows]
         for done, fut in enumerate(futures, start=1):
             results.append(fut.result())
             if progress:
@@ -431,7 +470,7 @@ def validate_manifest(
                         "manifest_row": i,
                         "column": p.column,
                         "file": p.file,
-                        "reason": p.reason,
+                        "reason": p.reason[:500],
                     }
                 )
             continue
@@ -450,4 +489,5 @@ def validate_manifest(
         rows_in=len(rows),
         manifest=manifest,
         problems_by_case=problems_by_case,
+        unknown_columns=unknown,
     )

@@ -23,7 +23,8 @@ import numpy as np
 import SimpleITK as sitk
 from scipy import ndimage
 
-from tasks.data import dicom, uris
+from tasks.data import dicom, headers, uris
+from tasks.data.headers import Limits
 from tasks.data.schema import (
     GENERATED_VARIANTS,
     MaskVariant,
@@ -34,6 +35,7 @@ from tasks.data.schema import (
 
 # ITU-R BT.601 luma weights, as PIL's "L" mode: the grey a scanner's RGB export came from.
 LUMA = np.array([0.299, 0.587, 0.114])
+DEFAULT_LIMITS = Limits.defaults()  # extraction's, until the flows pass the run's own
 
 
 class InputError(ValueError):
@@ -72,27 +74,65 @@ def _suffix(uri: str) -> str:
     return PurePosixPath(name).suffix
 
 
-def read_image(uri: str, frame: Any = None, frame_col: str = "bmus_frame") -> sitk.Image:
+def read_image(
+    uri: str,
+    frame: Any = None,
+    frame_col: str = "bmus_frame",
+    limits: Limits | None = None,
+    at_ingest: bool = False,
+) -> sitk.Image:
     """Read an image from a local path or an fsspec URI (object stores via a temp copy).
 
-    A DICOM file gives one 2D frame as a PNG would (grey or RGB; ``frame`` is the
-    manifest's 1-based ``frame_col`` value, needed for a cine loop), a DICOM SEG its
-    lesion mask for that frame: :func:`tasks.data.dicom.read_pixels`. Other files ignore
-    ``frame``.
+    The header is read and checked first (:mod:`tasks.data.headers`: size, frames and
+    channels against ``limits``, default the settings' defaults; the file whole): a file
+    over a limit or cut short raises :class:`~tasks.data.headers.HeaderError` before any
+    pixel is decoded. A DICOM file gives one 2D frame as a PNG would (grey or RGB;
+    ``frame`` is the manifest's 1-based ``frame_col`` value, needed for a cine loop), a
+    DICOM SEG its lesion mask for that frame: :func:`tasks.data.dicom.read_pixels`. Other
+    files ignore ``frame``. ``at_ingest``: a DICOM cine loop over ``max_frames`` is
+    refused too (ingest decides which loops the pipeline takes; extraction decodes one
+    frame). Filesystem errors (``OSError`` with an errno) propagate.
     """
+    limits = limits or DEFAULT_LIMITS
     if dicom.is_dicom(str(uri)):
+        headers.check(headers.dicom_info(dicom.read_header(str(uri))), limits, at_ingest)
         array = dicom.read_pixels(str(uri), frame, frame_col)
         return sitk.GetImageFromArray(array, isVector=array.ndim == 3)
     if not uris.is_uri(uri):
-        return sitk.ReadImage(str(uri))
+        return _decode(str(uri), limits)
     fd, tmp = tempfile.mkstemp(suffix=_suffix(uri))
     try:
         with os.fdopen(fd, "wb") as out, uris.open_file(uri) as src:
             while block := src.read(uris.CHUNK):
                 out.write(block)
-        return sitk.ReadImage(tmp)
+        return _decode(tmp, limits)
     finally:
         os.unlink(tmp)
+
+
+def _decode(path: str, limits: Limits) -> sitk.Image:
+    headers.check(headers.sitk_info(path), limits, at_ingest=False)
+    headers.check_whole(path)
+    try:
+        return sitk.ReadImage(path)
+    except RuntimeError as exc:
+        _probe(path)  # SimpleITK says "error" for a vanished file too: ask the filesystem
+        raise RuntimeError(headers.redact(str(exc), path)) from exc
+
+
+def _probe(path: str) -> None:
+    """Raise the filesystem's OSError when ``path`` cannot be opened and read now."""
+    with open(path, "rb") as fh:
+        fh.read(1)
+
+
+def storage_error(exc: BaseException) -> bool:
+    """True for a failure of the storage, not of the file's content: an ``OSError`` the
+    operating system raised (it carries an errno: vanished, EIO, stale handle) or a
+    :class:`~tasks.data.uris.StorageError`. Retried, never quarantined as bad input."""
+    return isinstance(exc, uris.StorageError) or (
+        isinstance(exc, OSError) and exc.errno is not None
+    )
 
 
 def as_2d(img: sitk.Image) -> sitk.Image:
@@ -128,19 +168,55 @@ def to_grey(img: sitk.Image) -> sitk.Image:
     return _like(grey.astype(np.float32), img)
 
 
+def mask_plane(array: np.ndarray, channels: int) -> np.ndarray:
+    """The plane a mask file's lesion is read from: its only channel or, of a colour
+    export, the first, when its colour channels agree. Alpha is ignored (an RGBA or
+    grey + alpha export's opacity is not the lesion); colour channels that differ are a
+    :class:`ValueError` (a drawing on an image, not a binary mask)."""
+    if channels == 1:
+        return array
+    colour = array[..., : 3 if channels >= 3 else 1]
+    first = colour[..., 0]
+    if any(not np.array_equal(first, colour[..., c]) for c in range(1, colour.shape[-1])):
+        raise ValueError("mask is a colour image (its colour channels differ), not a binary mask")
+    return first
+
+
+def check_mask(
+    mask: np.ndarray, image_grid: tuple[int, ...], channels: int | None = None
+) -> str | None:
+    """Reason a mask is unusable, or None: one plane (a colour export's first, alpha
+    ignored, :func:`mask_plane`), the image's grid, binary (0 + one
+    value), not empty. ``channels``: the file's (None: a last axis of 2-4 is channels)."""
+    if channels is None:
+        channels = mask.shape[-1] if mask.ndim == 3 and mask.shape[-1] in (2, 3, 4) else 1
+    try:
+        mask = mask_plane(mask, channels)
+    except ValueError as exc:
+        return str(exc)
+    if mask.shape != tuple(image_grid):
+        return f"mask size {mask.shape[::-1]} does not match the image size {image_grid[::-1]}"
+    values = np.unique(mask)
+    if values.size > 2 or values[0] != 0 and values.size == 2:
+        shown = ", ".join(str(v) for v in values[:6])
+        return f"mask is not binary (values: {shown}{'...' if values.size > 6 else ''})"
+    if not np.any(mask):
+        return "mask is empty (no foreground pixel)"
+    return None
+
+
 def read_mask(
     uri: str, like: sitk.Image, frame: Any = None, frame_col: str = "bmus_frame"
 ) -> sitk.Image:
     """Binary uint8 mask (any nonzero -> 1) on the grid of image ``like``.
 
-    0/1 and 0/255 PNGs both work; an RGB mask uses its first channel; a DICOM SEG gives
-    its segmentation of the image's ``frame``. Spacing, origin and direction are copied
-    from the image, since mask PNGs carry no geometry of their own.
+    0/1 and 0/255 PNGs both work; an RGB(A) or grey + alpha mask uses its first channel
+    (:func:`mask_plane`); a DICOM SEG gives its segmentation of the image's ``frame``.
+    Spacing, origin and direction are copied from the image, since mask PNGs carry no
+    geometry of their own.
     """
     img = as_2d(read_image(uri, frame, frame_col))
-    array = sitk.GetArrayViewFromImage(img)
-    if img.GetNumberOfComponentsPerPixel() > 1:
-        array = array[..., 0]
+    array = mask_plane(sitk.GetArrayViewFromImage(img), img.GetNumberOfComponentsPerPixel())
     if array.shape != sitk.GetArrayViewFromImage(like).shape[:2]:
         raise ValueError(
             f"mask size {img.GetSize()} does not match the image size {like.GetSize()}"
@@ -205,6 +281,10 @@ def _read_grey(uri: str, column: str, spacing: float | None, frame: Any = None) 
     try:
         return set_spacing(to_grey(read_image(uri, frame, frame_column(column) or "")), spacing)
     except (RuntimeError, ValueError, OSError) as exc:
+        if storage_error(exc):
+            raise  # the storage, not the file: the task's retry runs
+        if isinstance(exc, headers.HeaderError):  # its reason says what is wrong, and why
+            raise InputError(uri, exc.reason, column) from exc
         raise InputError(uri, f"unreadable image: {error_reason(exc)}", column) from exc
 
 
@@ -307,7 +387,10 @@ def variant_mask(case: Mapping[str, Any], variant: MaskVariant, like: sitk.Image
     try:
         mask = read_mask(uri, like, *case_frame(case, variant.column))
     except (RuntimeError, ValueError, OSError) as exc:
-        raise InputError(uri, f"unusable mask: {error_reason(exc)}", variant.column) from exc
+        if storage_error(exc):
+            raise  # the storage, not the file: the task's retry runs
+        reason = exc.reason if isinstance(exc, headers.HeaderError) else error_reason(exc)
+        raise InputError(uri, f"unusable mask: {reason}", variant.column) from exc
     if variant.name not in GENERATED_VARIANTS:
         return mask
     seed = perturb_seed(str(case.get("case_id")), case_value(case, f"{variant.column}_sha256"))

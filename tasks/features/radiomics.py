@@ -33,7 +33,13 @@ from radiomics import featureextractor, getParameterValidationFiles
 
 from tasks.config import Settings
 from tasks.data.tables import RADIOMICS
-from tasks.features.imaging import InputError, Region, case_regions, error_reason
+from tasks.features.imaging import (
+    InputError,
+    Region,
+    case_regions,
+    error_reason,
+    storage_error,
+)
 from tasks.features.plan import ChunkResult, CommitCounts, Plan, Window, commit_chunk, plan_cases
 from tasks.features.radiomics_shared import SharedImage, log_sigmas, log_size_problem
 
@@ -81,6 +87,8 @@ class ExtractionError(RuntimeError):
     """A case cannot be measured: which case, which file, and why.
 
     The flow quarantines the case and goes on. Picklable (Dask returns it across processes).
+    Its message names the case and the reason only: the file's path (which may hold a
+    patient's name) goes to the quarantine table, never into a log line.
     """
 
     def __init__(self, case_id: str, file: str | None, reason: str, column: str | None = None):
@@ -91,7 +99,7 @@ class ExtractionError(RuntimeError):
         self.column = column
 
     def __str__(self) -> str:
-        return f"case {self.case_id}: {self.file}: {self.reason}"
+        return f"case {self.case_id}: {self.reason}"
 
     def quarantine_entry(self) -> dict[str, Any]:
         """The entry :func:`tasks.data.quarantine.quarantine_frame` takes."""
@@ -260,6 +268,8 @@ def extract_case(
     ``params_hash`` covers the params, the pyradiomics version and the ring widths. Raises
     :class:`ExtractionError` naming the case, the file and the reason when any region fails,
     so the case is quarantined as a whole rather than stored with some regions missing.
+    A filesystem ``OSError`` (a file vanished or unreadable mid-run, EIO) is not the case's
+    fault: it propagates, so the task's retry runs (:func:`~tasks.features.imaging.storage_error`).
     """
     case_id = str(case["case_id"])
     extractor = extractor or make_extractor(params)
@@ -277,6 +287,8 @@ def extract_case(
         try:
             features = extract_region(extractor, region, shared)
         except Exception as exc:  # any pyradiomics failure quarantines the case, not the run
+            if storage_error(exc):
+                raise  # a filesystem error is not the case's fault: the task's retry runs
             failure = error_reason(exc, with_type=True)
             reason = f"{region.region} ({region.mask_variant}) extraction failed: {failure}"
             raise ExtractionError(case_id, region.mask_file, reason, region.mask_column) from exc

@@ -154,6 +154,18 @@ def test_report_summary_names_counts_and_splits():
     assert "m.csv" not in report.summary()  # paths stay out of logs
     empty = IngestReport("m.csv", "r", 0, 0, 0, 0, 0, {}, None, {})
     assert empty.summary().endswith("splits: none")
+    odd = IngestReport("m.csv", "r", 1, 1, 1, 0, 0, {}, None, {}, ["pixel_spacing", "PatientName"])
+    assert odd.summary().endswith("splits: none; 2 unknown manifest column(s) not read")
+
+
+def test_unknown_columns_reach_the_ingest_report(tiny_cohort, tmp_path):
+    frame = pd.read_csv(tiny_cohort, dtype=str, keep_default_na=False)
+    frame["bmus_frme"] = ""
+    frame.to_csv(tiny_cohort, index=False)
+    store = FeatureStore(str(tmp_path / "store"))
+    report = ingest(str(tiny_cohort), store, Settings(store=str(tmp_path / "store")), "r1")
+    assert report.unknown_columns == ["bmus_frme"]
+    assert "1 unknown manifest column(s) not read" in report.summary()
 
 
 def test_ingest_task_is_the_prefect_task_of_ingest():

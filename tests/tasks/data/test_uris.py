@@ -186,3 +186,20 @@ def test_exists_on_s3(s3_bucket):
     uris.write_bytes(f"{s3_bucket}/a/f.png", b"x")
     assert uris.exists(f"{s3_bucket}/a/f.png")
     assert not uris.exists(f"{s3_bucket}/a/nope.png")
+
+
+def test_sha256_tells_a_vanished_file_from_a_storage_failure(tmp_path, monkeypatch):
+    """Vanished: FileNotFoundError (ingest quarantines that case); an object store's own
+    exception (not an OSError): StorageError (retried)."""
+    with pytest.raises(FileNotFoundError):
+        uris.sha256(str(tmp_path / "vanished.png"))
+
+    class ClientError(Exception):  # what botocore raises, outside the OSError tree
+        pass
+
+    def broken(uri, mode="rb"):
+        raise ClientError("SlowDown")
+
+    monkeypatch.setattr(uris, "open_file", broken)
+    with pytest.raises(uris.StorageError, match="storage error hashing .*: ClientError: SlowDown"):
+        uris.sha256(str(tmp_path / "any.png"))

@@ -17,6 +17,7 @@ from tasks.data.validate import (
     validate_manifest,
     validate_row,
 )
+from tests.tasks.data import hostile_files as hostile
 
 
 def test_every_bad_input_is_quarantined_with_its_reason(bad_manifest):
@@ -295,3 +296,271 @@ def test_one_lesion_in_testing_and_one_unsplit_is_quarantined(tiny_cohort):
     held = validated.quarantine
     assert sorted(held["case_id"]) == ["T000", "T001"]
     assert held["reason"].str.contains("mix split testing with empty splits").all()
+
+
+# --- hostile input: headers before pixels, odd shapes, odd ids, storage hiccups ------------
+def _hostile_manifest(folder, rows: list[dict], **columns) -> str:
+    """A manifest of ``rows`` (case_id, image, mask, extra columns) at ``folder``, each case
+    its own patient at site A."""
+    full = [
+        {"case_id": r["case_id"], "patient_id": f"P-{i}", "site": "A", **r}
+        for i, r in enumerate(rows)
+    ]
+    frame = pd.DataFrame(full).fillna("")
+    for name, values in columns.items():
+        frame[name] = values
+    path = folder / "manifest.csv"
+    frame.to_csv(path, index=False)
+    return str(path)
+
+
+@pytest.fixture
+def files(tmp_path):
+    """A 48 x 64 speckle PNG and its disk mask PNG, and a writer for more files."""
+    shape = (48, 64)
+
+    def write(name: str, data: bytes) -> str:
+        (tmp_path / name).write_bytes(data)
+        return name
+
+    write("img.png", hostile.png(hostile.speckle(shape)))
+    write("mask.png", hostile.png(hostile.disk(shape)))
+    write.shape = shape
+    return write
+
+
+def _outcome(manifest: str, settings: Settings | None = None):
+    validated = validate_manifest(manifest, settings or Settings(), "r")
+    reasons = validated.quarantine.groupby("case_id")["reason"].apply(" | ".join).to_dict()
+    return validated, set(validated.cohort["case_id"]), reasons
+
+
+def test_a_30000_pixel_png_is_refused_on_its_header_without_being_decoded(
+    tmp_path, files, monkeypatch
+):
+    import resource
+
+    import SimpleITK as sitk
+
+    files("huge.png", hostile.huge_png(30000, 30000))
+    files("big.png", hostile.huge_png(6000, 6000))  # sides fine, 36 M pixels are not
+    decoded: list[str] = []
+    read = sitk.ReadImage
+    monkeypatch.setattr(sitk, "ReadImage", lambda path, *a: decoded.append(path) or read(path, *a))
+    manifest = _hostile_manifest(
+        tmp_path,
+        [
+            {"case_id": "ok", "bmus_image": "img.png", "bmus_mask": "mask.png"},
+            {"case_id": "huge", "bmus_image": "huge.png", "bmus_mask": "mask.png"},
+            {"case_id": "big", "bmus_image": "big.png", "bmus_mask": "mask.png"},
+        ],
+    )
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    validated, stored, reasons = _outcome(manifest)
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+    assert stored == {"ok"}
+    assert not [p for p in decoded if "huge" in p or "big" in p]  # never decoded
+    assert grown_mb < 200  # decoding would have taken 900 MB
+    row = validated.quarantine.set_index("case_id").loc["huge"]
+    assert (row["column"], row["file"]) == ("bmus_image", str(tmp_path / "huge.png"))
+    assert row["reason"] == (
+        "image is 30000 x 30000 pixels: a side over max_image_side 8192 (SLN_MAX_IMAGE_SIDE); "
+        "not decoded"
+    )
+    assert "over max_image_pixels 16,777,216 (SLN_MAX_IMAGE_PIXELS)" in reasons["big"]
+    _, stored, _ = _outcome(manifest, Settings(max_image_pixels=40_000_000))
+    assert "big" not in stored  # its one row of pixels is cut short: never accepted
+
+
+@pytest.mark.parametrize("suffix", ["nii", "nii.gz", "mha", "nrrd"])
+def test_a_one_slice_volume_is_a_2d_frame_not_a_size_mismatch(tmp_path, files, suffix):
+    frame = hostile.speckle(files.shape)
+    hostile.volume(tmp_path / f"img.{suffix}", frame[None])
+    hostile.volume(tmp_path / f"mask.{suffix}", hostile.disk(files.shape)[None])
+    manifest = _hostile_manifest(
+        tmp_path,
+        [
+            {"case_id": "vol", "bmus_image": f"img.{suffix}", "bmus_mask": "mask.png"},
+            {"case_id": "volmask", "bmus_image": "img.png", "bmus_mask": f"mask.{suffix}"},
+        ],
+    )
+    _, stored, reasons = _outcome(manifest)
+    assert stored == {"vol", "volmask"}, reasons
+
+
+def test_a_multi_slice_volume_is_refused_at_ingest_with_the_frame_limit(tmp_path, files):
+    hostile.volume(
+        tmp_path / "cine.nii.gz", np.stack([hostile.speckle(files.shape, s) for s in range(5)])
+    )
+    manifest = _hostile_manifest(
+        tmp_path, [{"case_id": "cine", "bmus_image": "cine.nii.gz", "bmus_mask": "mask.png"}]
+    )
+    _, stored, reasons = _outcome(manifest)
+    assert not stored
+    assert reasons["cine"] == (
+        "volume of 5 frames (size 64x48x5): over max_frames 1 (SLN_MAX_FRAMES); export the "
+        "frame to measure as one image"
+    )
+
+
+def test_an_rgba_mask_is_read_on_its_first_channel_unless_its_colours_differ(tmp_path, files):
+    mask = hostile.disk(files.shape)
+    files("rgba.png", hostile.png(hostile.rgba(mask), "RGBA"))
+    files("drawn.png", hostile.png(hostile.rgba(mask, disagree=True), "RGBA"))
+    manifest = _hostile_manifest(
+        tmp_path,
+        [
+            {"case_id": "rgba", "bmus_image": "img.png", "bmus_mask": "rgba.png"},
+            {"case_id": "drawn", "bmus_image": "img.png", "bmus_mask": "drawn.png"},
+        ],
+    )
+    _, stored, reasons = _outcome(manifest)
+    assert stored == {"rgba"}
+    assert (
+        reasons["drawn"] == "mask is a colour image (its colour channels differ), not a binary mask"
+    )
+
+
+@pytest.mark.parametrize("kind", ["png", "jpeg"])
+def test_an_image_cut_in_half_is_quarantined_as_truncated(tmp_path, files, kind):
+    data = (hostile.png if kind == "png" else hostile.jpeg)(hostile.speckle(files.shape))
+    files(f"half.{kind}", hostile.cut(data))
+    manifest = _hostile_manifest(
+        tmp_path, [{"case_id": "half", "bmus_image": f"half.{kind}", "bmus_mask": "mask.png"}]
+    )
+    _, stored, reasons = _outcome(manifest)
+    assert not stored
+    assert reasons["half"].startswith("truncated file: "), reasons
+
+
+def test_pixel_spacing_from_a_volume_header_is_used_checked_and_kept_in_range(tmp_path, files):
+    frame = hostile.speckle(files.shape)[None]
+    hostile.volume(tmp_path / "fine.nii.gz", frame, (0.1, 0.1, 1.0))
+    hostile.volume(tmp_path / "wild.nii.gz", frame, (20.0, 20.0, 1.0))
+    rows = [
+        {"case_id": "header", "bmus_image": "fine.nii.gz", "bmus_mask": "mask.png"},
+        {"case_id": "agrees", "bmus_image": "fine.nii.gz", "bmus_mask": "mask.png"},
+        {"case_id": "differs", "bmus_image": "fine.nii.gz", "bmus_mask": "mask.png"},
+        {"case_id": "wild", "bmus_image": "wild.nii.gz", "bmus_mask": "mask.png"},
+        {"case_id": "manifest_wild", "bmus_image": "img.png", "bmus_mask": "mask.png"},
+    ]
+    spacing = ["", "0.102", "0.2", "", "50"]
+    validated, stored, reasons = _outcome(
+        _hostile_manifest(tmp_path, rows, pixel_spacing_mm=spacing)
+    )
+    assert stored == {"header", "agrees"}
+    cohort = validated.cohort.set_index("case_id")
+    assert cohort.at["header", "pixel_spacing_mm"] == pytest.approx(0.1)
+    assert cohort.at["header", "pixel_spacing_source"] == "header"
+    assert "disagrees with the file's 0.1 mm (image header)" in reasons["differs"]
+    assert reasons["wild"] == (
+        "pixel spacing 20 mm (header) is outside the plausible range 0.005-5 mm "
+        "(SLN_SPACING_RANGE_MM)"
+    )
+    assert (
+        "pixel spacing 50 mm (manifest) is outside the plausible range" in reasons["manifest_wild"]
+    )
+
+
+def test_ids_are_nfc_so_composed_and_decomposed_cafe_are_one_case(tmp_path, files):
+    import unicodedata
+
+    nfc, nfd = unicodedata.normalize("NFC", "Café"), unicodedata.normalize("NFD", "Café")
+    assert nfc != nfd
+    rows = [
+        {"case_id": nfc, "bmus_image": "img.png", "bmus_mask": "mask.png"},
+        {"case_id": nfd, "bmus_image": "img.png", "bmus_mask": "mask.png"},
+    ]
+    manifest = _hostile_manifest(tmp_path, rows, patient_id=[nfd, nfc], site=[f"S{nfc}", f"S{nfd}"])
+    validated, stored, _ = _outcome(manifest)
+    assert stored == {nfc}  # the repeat collapses onto the first row: one case, one patient
+    assert validated.cohort["site"].tolist() == [f"S{nfc}"]
+    assert "duplicate case_id Café: row repeats" in validated.quarantine["reason"].iloc[0]
+
+
+def test_ids_with_control_characters_or_too_long_are_refused_without_echoing_them(tmp_path, files):
+    rows = [
+        {"case_id": "C1\nINFO forged log line", "bmus_image": "img.png", "bmus_mask": "mask.png"},
+        {"case_id": "C2", "bmus_image": "img.png", "bmus_mask": "mask.png"},
+        {"case_id": "C3", "bmus_image": "img.png", "bmus_mask": "mask.png"},
+    ]
+    manifest = _hostile_manifest(tmp_path, rows, patient_id=["P1", "P\u202e2", "P" * 200])
+    validated, stored, _ = _outcome(manifest)
+    assert not stored
+    by_row = validated.quarantine.set_index("manifest_row")[["column", "reason"]]
+    assert by_row.loc[1].tolist() == [
+        "case_id",
+        "case_id holds control, format or unassigned characters",
+    ]
+    assert by_row.loc[2].tolist() == [
+        "patient_id",
+        "patient_id holds control, format or unassigned characters",
+    ]
+    assert by_row.loc[3].tolist() == ["patient_id", "patient_id is longer than 128 characters"]
+
+
+def test_unknown_columns_are_warned_by_name_and_never_by_value(tmp_path, files, caplog):
+    import logging
+
+    rows = [{"case_id": "ok", "bmus_image": "img.png", "bmus_mask": "mask.png"}]
+    manifest = _hostile_manifest(
+        tmp_path, rows, pixel_spacing=["0.1"], PatientName=["Zqxdoe^Jane"], PatientID=["9912345"]
+    )
+    with caplog.at_level(logging.WARNING, logger="tasks.data.validate"):
+        validated, stored, _ = _outcome(manifest)
+    assert stored == {"ok"}
+    assert validated.unknown_columns == ["pixel_spacing", "PatientName", "PatientID"]
+    assert (
+        "3 unknown column(s), not read: 'pixel_spacing' (did you mean pixel_spacing_mm?)"
+        in caplog.text
+    )
+    assert "'PatientName'" in caplog.text
+    assert "Zqxdoe" not in caplog.text and "9912345" not in caplog.text
+
+
+def test_a_file_vanished_before_its_hash_quarantines_that_case_only(tmp_path, files, monkeypatch):
+    from tasks.data import uris
+
+    files("gone.png", hostile.png(hostile.speckle(files.shape)))
+    real = uris.sha256
+
+    def vanishing(uri):
+        if uri.endswith("gone.png"):
+            (tmp_path / "gone.png").unlink()
+        return real(uri)
+
+    monkeypatch.setattr(uris, "sha256", vanishing)
+    rows = [
+        {"case_id": "ok", "bmus_image": "img.png", "bmus_mask": "mask.png"},
+        {"case_id": "gone", "bmus_image": "gone.png", "bmus_mask": "mask.png"},
+    ]
+    _, stored, reasons = _outcome(_hostile_manifest(tmp_path, rows))
+    assert stored == {"ok"}
+    assert reasons["gone"] == "file vanished during ingest (found, then gone)"
+
+
+def test_an_eio_while_reading_at_ingest_propagates_for_the_retry(tmp_path, files, monkeypatch):
+    import errno
+
+    import SimpleITK as sitk
+
+    def eio(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(sitk, "ReadImage", eio)
+    rows = [{"case_id": "ok", "bmus_image": "img.png", "bmus_mask": "mask.png"}]
+    with pytest.raises(OSError, match="Input/output error"):
+        validate_manifest(_hostile_manifest(tmp_path, rows), Settings(), "r")
+
+
+def test_a_parquet_manifests_missing_values_are_missing_not_the_text_na(tmp_path, files):
+    rows = [
+        {"case_id": None, "bmus_image": "img.png", "bmus_mask": "mask.png"},
+        {"case_id": "nul", "bmus_image": "img.png\x00.txt", "bmus_mask": "mask.png"},
+    ]
+    pd.DataFrame(rows).assign(site="A").astype("string").to_parquet(tmp_path / "m.parquet")
+    validated = validate_manifest(str(tmp_path / "m.parquet"), Settings(), "r")
+    assert validated.cohort.empty
+    reasons = validated.quarantine.set_index("manifest_row")["reason"]
+    assert reasons.loc[1] == "missing value for required column case_id"
+    assert reasons.loc[2] == "path holds control characters (a NUL, a newline)"

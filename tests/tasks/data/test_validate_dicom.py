@@ -16,6 +16,7 @@ from tasks.data.validate import validate_manifest
 from tests.tasks.data import dicom_files as files
 
 SHAPE = (64, 80)
+LOOPS = Settings(max_frames=30)  # a site that measures one named frame of its cine loops
 
 
 def _row(case_id: str, image: str, mask: str, **extra) -> dict:
@@ -68,7 +69,7 @@ def dicom_cohort(tmp_path):
 
 
 def test_every_frame_kind_is_measured_or_quarantined_with_an_actionable_reason(dicom_cohort):
-    validated = validate_manifest(str(dicom_cohort), Settings(), "r")
+    validated = validate_manifest(str(dicom_cohort), LOOPS, "r")
     cohort = validated.cohort.set_index("case_id")
     quarantine = validated.quarantine.set_index("case_id")
     assert set(cohort.index) == {
@@ -98,7 +99,7 @@ def test_every_frame_kind_is_measured_or_quarantined_with_an_actionable_reason(d
 
 
 def test_the_pixel_size_and_its_source_are_recorded(dicom_cohort):
-    cohort = validate_manifest(str(dicom_cohort), Settings(), "r").cohort.set_index("case_id")
+    cohort = validate_manifest(str(dicom_cohort), LOOPS, "r").cohort.set_index("case_id")
     spacing = cohort["pixel_spacing_mm"].to_dict()
     source = cohort["pixel_spacing_source"].to_dict()
     assert (spacing["mono2"], source["mono2"]) == (pytest.approx(0.11), "us_region")
@@ -134,7 +135,7 @@ def test_a_seg_mask_of_a_cine_frame_validates(tmp_path):
         _row("seg_wrong_frame", "loop.dcm", "seg.dcm", bmus_frame="2"),
     ]
     pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
-    validated = validate_manifest(str(tmp_path / "manifest.csv"), Settings(), "r")
+    validated = validate_manifest(str(tmp_path / "manifest.csv"), LOOPS, "r")
     assert validated.cohort["case_id"].tolist() == ["seg"]
     reason = validated.quarantine.set_index("case_id").at["seg_wrong_frame", "reason"]
     assert reason == "SEG has no segmentation of frame 2 (bmus_frame)"
@@ -142,9 +143,45 @@ def test_a_seg_mask_of_a_cine_frame_validates(tmp_path):
 
 def test_header_identifiers_reach_no_table_and_no_log(dicom_cohort, caplog, capsys):
     caplog.set_level(logging.DEBUG)
-    validated = validate_manifest(str(dicom_cohort), Settings(), "r")
+    validated = validate_manifest(str(dicom_cohort), LOOPS, "r")
     text = validated.cohort.astype(str).to_csv() + validated.quarantine.astype(str).to_csv()
     text += caplog.text + "".join(capsys.readouterr())
     for value in files.IDENTIFIERS.values():
         assert value not in text
         assert value.split("^")[0] not in text
+
+
+def test_a_cine_loop_is_refused_at_ingest_by_default_even_with_its_frame(tmp_path):
+    """Settings.max_frames (1 by default): a site measuring cine loops raises it."""
+    lesion = files.disk(SHAPE, (32, 40), 12)
+    files.write_png(tmp_path / "mask.png", lesion * 255)
+    loop = np.stack([files.speckle(SHAPE, seed) for seed in range(4)])
+    files.write(tmp_path / "loop.dcm", loop)
+    rows = [_row("loop", "loop.dcm", "mask.png", bmus_frame="2")]
+    pd.DataFrame(rows).to_csv(tmp_path / "manifest.csv", index=False)
+    validated = validate_manifest(str(tmp_path / "manifest.csv"), Settings(), "r")
+    assert validated.cohort.empty
+    assert validated.quarantine["reason"].tolist() == [
+        "cine loop of 4 frames (size 80x64x4): over max_frames 1 (SLN_MAX_FRAMES); export the "
+        "frame to measure as one image"
+    ]
+    allowed = validate_manifest(str(tmp_path / "manifest.csv"), Settings(max_frames=4), "r")
+    assert allowed.cohort["case_id"].tolist() == ["loop"]
+
+
+def test_a_dicom_header_promising_a_huge_frame_is_refused_before_its_pixels(tmp_path):
+    from pydicom import dcmread
+
+    lesion = files.disk(SHAPE, (32, 40), 12)
+    files.write_png(tmp_path / "mask.png", lesion * 255)
+    files.write(tmp_path / "big.dcm", files.speckle(SHAPE))
+    ds = dcmread(tmp_path / "big.dcm")
+    ds.Rows, ds.Columns = 20000, 20000  # the pixel data stays small: only the header lies
+    ds.save_as(tmp_path / "big.dcm")
+    pd.DataFrame([_row("big", "big.dcm", "mask.png")]).to_csv(tmp_path / "m.csv", index=False)
+    validated = validate_manifest(str(tmp_path / "m.csv"), Settings(), "r")
+    assert validated.cohort.empty
+    assert validated.quarantine["reason"].tolist() == [
+        "image is 20000 x 20000 pixels: a side over max_image_side 8192 (SLN_MAX_IMAGE_SIDE); "
+        "not decoded"
+    ]

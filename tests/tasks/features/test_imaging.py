@@ -270,3 +270,74 @@ def test_regions_of_the_perturbed_mask_when_asked_and_no_real_repeat(case):
     assert np.array_equal(
         perturbed, sitk.GetArrayFromImage(case_regions(case, perturb=True)[2].mask)
     )
+
+
+# --- hostile input at extraction ----------------------------------------------------------
+def test_an_rgba_mask_uses_its_first_channel_and_a_drawing_is_refused(tmp_path):
+    lesion = disk((40, 50), (20, 25), 8) * 255
+    opaque = np.full_like(lesion, 255)
+    image = sitk.GetImageFromArray(np.zeros((40, 50), np.float32))
+    rgba = np.stack([lesion, lesion, lesion, opaque], axis=-1).astype(np.uint8)
+    mask = read_mask(write_png(tmp_path / "rgba.png", rgba), image)
+    assert np.array_equal(sitk.GetArrayViewFromImage(mask), lesion // 255)
+    drawn = np.stack([lesion, np.zeros_like(lesion), lesion, opaque], axis=-1).astype(np.uint8)
+    with pytest.raises(ValueError, match="colour channels differ"):
+        read_mask(write_png(tmp_path / "drawn.png", drawn), image)
+
+
+def test_a_huge_header_is_refused_before_decoding(tmp_path, monkeypatch):
+    from tasks.data.headers import HeaderError
+    from tests.tasks.data import hostile_files as hostile
+
+    path = tmp_path / "huge.png"
+    path.write_bytes(hostile.huge_png(30000, 30000))
+    monkeypatch.setattr(sitk, "ReadImage", lambda *a: pytest.fail("decoded a huge image"))
+    with pytest.raises(HeaderError, match="max_image_side 8192"):
+        read_image(str(path))
+
+
+def test_a_truncated_jpeg_is_never_read_as_a_grey_half(tmp_path):
+    from tasks.data.headers import HeaderError
+    from tests.tasks.data import hostile_files as hostile
+
+    path = tmp_path / "half.jpg"
+    path.write_bytes(hostile.cut(hostile.jpeg(hostile.speckle((64, 80)))))
+    with pytest.raises(HeaderError, match="truncated file"):
+        read_image(str(path))
+
+
+def _case(tmp_path: Path) -> dict:
+    image = (np.random.default_rng(0).random((40, 50)) * 255).astype(np.uint8)
+    return {
+        "case_id": "C1",
+        "bmus_image": write_png(tmp_path / "img.png", image),
+        "bmus_mask": write_png(tmp_path / "m.png", disk((40, 50), (20, 25), 8) * 255),
+    }
+
+
+@pytest.mark.parametrize("column", ["bmus_image", "bmus_mask"])
+def test_a_vanished_file_is_a_storage_error_not_bad_input(tmp_path, column):
+    case = _case(tmp_path)
+    Path(case[column]).unlink()
+    with pytest.raises(FileNotFoundError):
+        case_regions(case)
+
+
+def test_an_eio_is_a_storage_error_but_a_garbage_file_is_bad_input(tmp_path, monkeypatch):
+    import errno
+
+    from tasks.features import imaging
+
+    case = _case(tmp_path)
+    Path(case["bmus_mask"]).write_bytes(b"readable, not an image")
+    with pytest.raises(InputError, match="unusable mask: unreadable image"):
+        case_regions(case)
+    assert imaging.storage_error(OSError(errno.EIO, "Input/output error"))
+    assert not imaging.storage_error(OSError("image file is truncated"))  # PIL: no errno
+
+    def eio(*args):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(sitk, "ReadImage", eio)
+    with pytest.raises(OSError, match="Input/output error"):
+        case_regions(_case(tmp_path))

@@ -239,7 +239,9 @@ def test_degenerate_mask_raises_naming_case_and_file(tmp_path, original_only, ma
     error = info.value
     assert (error.case_id, error.file, error.column) == ("BAD1", row["bmus_mask"], "bmus_mask")
     assert reason in error.reason
-    assert "BAD1" in str(error) and row["bmus_mask"] in str(error)
+    # The message names the case and the reason, never the path (it may hold a name).
+    assert str(error) == f"case BAD1: {error.reason}"
+    assert row["bmus_mask"] not in str(error) and "BAD1_bmus_mask" not in str(error)
     again = pickle.loads(pickle.dumps(error))  # crosses Dask process boundaries intact
     assert (again.case_id, again.file, again.reason) == (error.case_id, error.file, error.reason)
 
@@ -260,9 +262,9 @@ def test_extract_cases_goes_on_after_a_bad_case(tmp_path, original_only, caplog)
         write_case(tmp_path, f"G{i}", speckle(shape, i), reader1=disk(shape, (32, 32), 12) * 255)
         for i in range(2)
     ]
-    missing = write_case(tmp_path, "MISSING", speckle(shape), reader1=disk(shape, (32, 32), 12))
-    missing["bmus_image"] = str(tmp_path / "nowhere.png")
-    cases = [good[0], missing, good[1]]
+    bad = write_case(tmp_path, "GARBAGE", speckle(shape), reader1=disk(shape, (32, 32), 12))
+    Path(bad["bmus_image"]).write_bytes(b"readable, but not an image")
+    cases = [good[0], bad, good[1]]
     with caplog.at_level(logging.INFO, logger="test.radiomics"):
         rows, failures = extract_cases(
             cases, original_only, log=logging.getLogger("test.radiomics")
@@ -270,14 +272,43 @@ def test_extract_cases_goes_on_after_a_bad_case(tmp_path, original_only, caplog)
     assert [r["case_id"] for r in rows] == ["G0", "G0", "G1", "G1"]
     assert failures == [
         {
-            "case_id": "MISSING",
+            "case_id": "GARBAGE",
             "column": "bmus_image",
-            "file": str(tmp_path / "nowhere.png"),
+            "file": bad["bmus_image"],
             "reason": failures[0]["reason"],
         }
     ]
     assert "unreadable image" in failures[0]["reason"]
     assert any("3/3 cases (1 failed" in m for m in caplog.messages)
+    assert bad["bmus_image"] not in caplog.text
+
+
+@pytest.mark.parametrize("column", ["bmus_image", "bmus_mask"])
+def test_a_file_vanished_mid_run_propagates_for_the_retry(tmp_path, original_only, column):
+    """A storage hiccup is not bad input: no quarantine entry, the task's retry runs."""
+    shape = (64, 64)
+    good = write_case(tmp_path, "G0", speckle(shape), reader1=disk(shape, (32, 32), 12) * 255)
+    gone = write_case(tmp_path, "GONE", speckle(shape), reader1=disk(shape, (32, 32), 12) * 255)
+    Path(gone[column]).unlink()
+    with pytest.raises(FileNotFoundError):
+        extract_cases([good, gone], original_only)
+
+
+def test_an_eio_while_reading_propagates_for_the_retry(tmp_path, original_only, monkeypatch):
+    import errno
+
+    from tasks.features import imaging
+
+    shape = (64, 64)
+    case = write_case(tmp_path, "EIO", speckle(shape), reader1=disk(shape, (32, 32), 12) * 255)
+
+    def eio(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(imaging.sitk, "ReadImage", eio)
+    with pytest.raises(OSError) as info:
+        extract_cases([case], original_only)
+    assert info.value.errno == errno.EIO and not isinstance(info.value, ExtractionError)
 
 
 # --- IBSI 1 digital phantom ----------------------------------------------------------------
