@@ -8,11 +8,20 @@
 ``infra/prefect.yaml`` declares the same deployments for ``prefect deploy`` onto a work
 pool (production); ``serve`` is the embedded default: one long-running process that polls
 the Prefect server and runs the flows itself.
+
+The two deployments that write a store's feature tables (``cohort/nightly``,
+``backfill/on-demand``) each run one at a time (:data:`ONE_AT_A_TIME`: Prefect's deployment
+concurrency limit; a run that finds its deployment busy waits in the queue, ENQUEUE). A
+nightly and a backfill may still overlap with ``serve``: the store's table leases
+(:mod:`tasks.data.lease`) keep their rows single, at the cost of some repeated extraction.
+With ``prefect deploy`` both deployments also share the ``store-writers`` work queue
+(``infra/prefect.yaml``), whose limit of 1 serialises them.
 """
 
 from __future__ import annotations
 
 from prefect import serve
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import RunnerDeployment
 
 from flows.cohort import backfill, cohort
@@ -23,6 +32,8 @@ from tasks.config import Settings
 NIGHTLY_COHORT = "0 2 * * *"
 NIGHTLY_VALIDATE = "0 5 * * *"
 WEEKLY_RETRAIN = "0 3 * * 0"
+# One run at a time per store-writing deployment; the next waits (never dropped).
+ONE_AT_A_TIME = ConcurrencyLimitConfig(limit=1, collision_strategy=ConcurrencyLimitStrategy.ENQUEUE)
 
 
 def deployments(settings: Settings, manifest: str | None) -> list[RunnerDeployment]:
@@ -33,6 +44,7 @@ def deployments(settings: Settings, manifest: str | None) -> list[RunnerDeployme
             cron=NIGHTLY_COHORT,
             tags=["nightly"],
             parameters={"manifest": manifest, "settings": settings},
+            concurrency_limit=ONE_AT_A_TIME,
             description="Nightly cohort run: ingest, radiomics and CNN embeddings.",
         ),
         validate.to_deployment(
@@ -53,6 +65,7 @@ def deployments(settings: Settings, manifest: str | None) -> list[RunnerDeployme
             name="on-demand",
             tags=["backfill"],
             parameters={"settings": settings, "manifest": None},
+            concurrency_limit=ONE_AT_A_TIME,
             description="Backfill by exam date; idempotent, FORCE re-extracts and MERGEs.",
         ),
     ]

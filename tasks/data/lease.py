@@ -98,10 +98,17 @@ def _create(uri: str, body: bytes) -> str | None:
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     except FileExistsError:
         return None
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(body)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(body)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        # A full disk lets the create through and fails the write: an empty lease left
+        # here would be judged by its age alone and block every writer for the TTL.
+        with contextlib.suppress(OSError):
+            os.unlink(path)
+        raise
     return ""
 
 
@@ -184,6 +191,11 @@ def lease(
             holder = _read(uri)
             if holder is None:
                 continue  # released between our create and our read
+            if holder.token == token:
+                # Our create went through but its answer was lost (a reset, a retried PUT
+                # answered 412): the lease is ours; waiting for it would wait for ourselves.
+                etag = holder.etag or ""
+                break
             if holder.stale(time.time()):
                 etag = _break(uri, holder, body)
             if etag is None:

@@ -53,6 +53,7 @@ def s3_storage_options() -> dict[str, str]:
         options["AWS_REGION"] = options.get("AWS_DEFAULT_REGION", "us-east-1")
     # Safe concurrent commits without DynamoDB: S3 (and moto, MinIO) honour conditional PUT.
     options.setdefault("aws_conditional_put", os.environ.get("SLN_S3_CONDITIONAL_PUT", "etag"))
+    options.update(uris.delta_retry_options())  # transient errors retried, as s3fs does
     return options
 
 

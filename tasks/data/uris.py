@@ -17,8 +17,53 @@ import tempfile
 from pathlib import Path
 
 import fsspec
+import fsspec.config
 
 CHUNK = 1 << 20
+
+# Retries of transient object-store errors (503 SlowDown, resets, timeouts), set here for
+# both clients: s3fs (every fsspec S3 filesystem, through fsspec's config) and delta-rs's
+# object_store (``store.s3_storage_options``). A request is given up after about two
+# minutes; a "not found" or "access denied" is an answer and never retried.
+S3_RETRIES = 10
+S3_RETRY_TIMEOUT_S = 120
+
+
+def s3fs_options() -> dict:
+    """s3fs settings: botocore's retries (standard mode: 503, throttling, connection
+    errors); s3fs's own loop around them is set by :func:`configure_s3fs`."""
+    return {
+        "config_kwargs": {
+            "retries": {"max_attempts": 5, "mode": "standard"},
+            "connect_timeout": 10,
+            "read_timeout": 60,
+        },
+    }
+
+
+def delta_retry_options() -> dict[str, str]:
+    """delta-rs (object_store) storage options with the same retry budget."""
+    return {
+        "max_retries": str(S3_RETRIES),
+        "retry_timeout": f"{S3_RETRY_TIMEOUT_S}s",
+        "backoff_config.init_backoff": "100ms",
+        "backoff_config.max_backoff": "15s",
+    }
+
+
+def configure_s3fs() -> None:
+    """Defaults for every S3FileSystem made in this process (fsspec's config; s3fs's
+    ``retries`` is a class attribute, not an argument)."""
+    for protocol in ("s3", "s3a"):
+        fsspec.config.conf.setdefault(protocol, {}).update(s3fs_options())
+    try:
+        import s3fs
+    except ImportError:  # no S3 support installed: nothing to configure
+        return
+    s3fs.S3FileSystem.retries = S3_RETRIES
+
+
+configure_s3fs()
 
 
 def is_uri(path: str) -> bool:
@@ -92,11 +137,21 @@ def exists(uri: str) -> bool:
 
 
 def sha256(uri: str) -> str:
-    """Content hash of a file: the identity of an image or mask in every table."""
+    """Content hash of a file: the identity of an image or mask in every table.
+
+    ``FileNotFoundError`` when the file is gone (it may vanish between a check and the
+    hash: the caller quarantines that case, the rest of the run goes on); any other failure
+    of an object store that is not an ``OSError`` becomes a :class:`StorageError`.
+    """
     digest = hashlib.sha256()
-    with open_file(uri) as fh:
-        while block := fh.read(CHUNK):
-            digest.update(block)
+    try:
+        with open_file(uri) as fh:
+            while block := fh.read(CHUNK):
+                digest.update(block)
+    except OSError:
+        raise
+    except Exception as exc:  # botocore and friends: the storage failed, not the file
+        raise StorageError(f"storage error hashing {uri}: {type(exc).__name__}: {exc}") from exc
     return digest.hexdigest()
 
 

@@ -153,3 +153,26 @@ def test_backfill_deployment_is_idempotent_and_force_replaces(services):
     assert after.groupby(["case_id", "region", "mask_variant"]).size().max() == 1
     replaced = after[after["run_id"] == forced["run_id"]]
     assert replaced["case_id"].nunique() == in_window
+
+
+def test_store_writing_deployments_run_one_at_a_time():
+    # Served (flows/schedules.py) and declared (infra/prefect.yaml) alike: cohort/nightly
+    # and backfill/on-demand carry a concurrency limit of 1 that queues, never drops, a run;
+    # with `prefect deploy` they also share the store-writers work queue.
+    import yaml
+
+    from flows.schedules import deployments
+    from tasks.config import INFRA_DIR, Settings
+
+    served = {(d.flow_name, d.name): d for d in deployments(Settings(), manifest="m.csv")}
+    for key in [("cohort", "nightly"), ("backfill", "on-demand")]:
+        assert served[key].concurrency_limit == 1, key
+        assert served[key].concurrency_options.collision_strategy == "ENQUEUE", key
+    assert served[("validate", "nightly")].concurrency_limit is None
+
+    spec = yaml.safe_load((INFRA_DIR / "prefect.yaml").read_text())
+    writers = [d for d in spec["deployments"] if d["entrypoint"].startswith("flows/cohort.py")]
+    assert len(writers) == 2
+    for item in writers:
+        assert item["concurrency_limit"] == {"limit": 1, "collision_strategy": "ENQUEUE"}
+        assert item["work_pool"]["work_queue_name"] == "store-writers"

@@ -242,3 +242,46 @@ def test_a_read_only_store_is_a_clear_error_naming_the_store(tmp_path):
             store.write_bytes(b"x", "reports", "r.json")
         assert _keys(store.read(PREDICTIONS)) == [("r1", "A")]  # reads still work
     assert _keys(store.read(PREDICTIONS)) == [("r1", "A")]  # nothing stored was lost
+
+
+def test_a_full_store_is_a_clear_error_and_leaves_no_lease(tmp_path):
+    # A 1 MiB tmpfs filled to the last byte: creating the lease file succeeds, writing it
+    # does not. The half-made lease must go (judged by its age alone it would block every
+    # writer for the TTL); freed, the next write goes through at once.
+    from tasks.data.store import StoreWriteError
+
+    root = tmp_path / "disk"
+    root.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(root)])
+    if done.returncode:
+        pytest.skip("cannot mount a tmpfs (not root)")
+    try:
+        store = FeatureStore(str(root / "store"))
+        store.insert_new(PREDICTIONS, _scores(["A"], 0.1))
+        filler = root / "filler"
+        with contextlib.suppress(OSError), open(filler, "wb", buffering=0) as handle:
+            while True:
+                handle.write(b"\0" * 4096)
+        with pytest.raises(StoreWriteError, match=f"store {store.root}: .*the store is full"):
+            store.insert_new(PREDICTIONS, _scores(["B"], 0.2))
+        assert not list((root / "store" / "_locks").iterdir())
+        filler.unlink()
+        assert store.insert_new(PREDICTIONS, _scores(["B"], 0.2)) == 1
+        assert _keys(store.read(PREDICTIONS)) == [("r1", "A"), ("r1", "B")]
+    finally:
+        subprocess.run(["umount", "-l", str(root)], check=False)
+
+
+def test_s3_retries_reach_s3fs_and_delta_rs(monkeypatch):
+    # One place (tasks.data.uris) sets both clients' retries of transient errors.
+    import fsspec
+
+    from tasks.data import uris
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9000")
+    options = s3_storage_options()
+    assert options["max_retries"] == str(uris.S3_RETRIES)
+    assert options["retry_timeout"] == f"{uris.S3_RETRY_TIMEOUT_S}s"
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    assert fs.retries == uris.S3_RETRIES
+    assert fs.config_kwargs["retries"]["mode"] == "standard"
