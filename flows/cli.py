@@ -299,7 +299,8 @@ def cluster(
         return
     address = start_cluster(cpu_workers, port)
     typer.echo(f"Dask cluster up: {address} ({cpu_workers} CPU workers + gpu-0 with GPU=1)")
-    typer.echo(f"use it: export DASK_SCHEDULER_ADDRESS={address}   stop: sln cluster --stop")
+    tls = f" SLN_TLS_DIR={Settings().tls_dir}" if address.startswith("tls://") else ""
+    typer.echo(f"use it: export DASK_SCHEDULER_ADDRESS={address}{tls}   stop: sln cluster --stop")
 
 
 @app.command("worker-gpu")

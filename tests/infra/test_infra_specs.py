@@ -133,7 +133,7 @@ def test_job_template_points_flows_at_the_k8s_dask_scheduler():
     env = env_of(container)
     cluster_name = dask_docs()["DaskCluster"]["metadata"]["name"]
     # the operator names the scheduler Service <cluster>-scheduler
-    assert env["DASK_SCHEDULER_ADDRESS"]["value"] == f"tcp://{cluster_name}-scheduler:8786"
+    assert env["DASK_SCHEDULER_ADDRESS"]["value"] == f"tls://{cluster_name}-scheduler:8786"
     assert env["SLN_STORE"]["value"].startswith("s3://")
     for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         assert "value" not in env[name]

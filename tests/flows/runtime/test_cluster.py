@@ -42,3 +42,27 @@ def test_start_and_stop_a_loopback_cluster(tmp_path, free_tcp_port):
     finally:
         stopped = stop_cluster(tmp_path)
     assert stopped == 3 and not list(tmp_path.glob("*.pid"))
+
+
+def test_tls_commands_carry_the_role_files_and_make_cluster_tls_makes_and_uses_them(tmp_path):
+    import shutil
+    import subprocess
+    from pathlib import Path
+
+    from flows.runtime.tls import cli_args
+
+    worker = worker_command("tls://127.0.0.1:1", "cpu-0", gpu=False, tls_dir=tmp_path)
+    assert worker[-6:] == cli_args(tmp_path, "worker")
+    assert worker[worker.index("--tls-key") + 1].endswith("worker-key.pem")
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("no make")
+    root = Path(__file__).resolve().parents[3]
+    dry = subprocess.run(
+        [make, "-n", "-C", str(root), "cluster", "TLS=1", f"TLS_DIR={tmp_path}/tls"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert f"sln certs --out {tmp_path}/tls" in dry
+    assert f"SLN_TLS_DIR={tmp_path}/tls" in dry and "sln cluster" in dry
