@@ -336,8 +336,14 @@ def test_cohort_retrain_validate_on_slurm(slurm, prefect_api, s3_endpoint, tmp_p
     embeddings = feature_store.read("embeddings")
     assert set(embeddings["worker"]) <= gpu_workers and gpu_workers
     assert embeddings.groupby(list(EMBEDDINGS.keys)).size().max() == 1
-    for _, rows in embeddings.groupby("model_version"):
-        assert set(rows["case_id"]) == cases
+    # Full models (start, final) embed every case; the cross-fitted fold models between them
+    # embed each labelled training case once.
+    by_model = {v: set(rows["case_id"]) for v, rows in embeddings.groupby("model_version")}
+    folds = [ids for ids in by_model.values() if ids != cases]
+    assert len(by_model) > len(folds)
+    training = cohort[(cohort["split"] == "training") & cohort["label"].notna()]
+    assert folds and sum(map(len, folds)) == len(training)
+    assert set().union(*folds) == set(training["case_id"])
     radiomics = feature_store.read("radiomics")
     assert radiomics.groupby(list(RADIOMICS.keys)).size().max() == 1
     assert set(radiomics["case_id"]) == cases
