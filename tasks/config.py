@@ -136,18 +136,6 @@ class Settings(BaseSettings):
         "without them (folds grouped by patient); 'in-sample': from the final CNN",
     )
     cnn_folds: int = Field(5, ge=2, description="K of the cross-fitted CNNs")
-    # Scanner harmonisation, compared in every retrain report.
-    harmonisation: Literal["auto", "none", "image", "combat"] = Field(
-        "auto",
-        description="'none'; 'image': pyradiomics z-score normalisation of each image before "
-        "extraction (radiomics_params_normalised); 'combat': ComBat on the features, fitted on "
-        "training, a new site harmonised from its own unlabelled features; 'auto': fit all "
-        "three, register the best by internal testing AUC (ties: the simpler)",
-    )
-    radiomics_params_normalised: Path = Field(INFRA_DIR / "radiomics-normalised.yaml")
-    combat_min_cases: int = Field(
-        10, ge=2, description="Cases a site needs before ComBat estimates its own effects"
-    )
     # Hostile input: limits checked on the image header before anything is decoded.
     max_image_pixels: int = Field(
         4096 * 4096, ge=1, description="Largest image (pixels per frame) decoded"
