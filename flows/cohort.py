@@ -1,4 +1,5 @@
-"""The nightly cohort flow: ingest -> plan -> radiomics + CNN embeddings on Dask -> store.
+"""The nightly cohort flow: ingest -> plan -> radiomics + CNN embeddings on Dask -> store
+(plus, when scanner harmonisation may use it, an image-normalised radiomics pass).
 
 Only composition lives here: each step is a plain function in ``tasks/`` with a thin
 Prefect wrapper. The run reads ``cohort`` once, plans once, and the Dask subflow
@@ -14,7 +15,7 @@ import time
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from flows.extract import embedding_chunks, radiomics_chunks, run_extraction
+from flows.extract import embedding_chunks, empty_totals, radiomics_chunks, run_extraction
 from tasks.config import Settings, resolve_settings
 from tasks.data.ingest import current_cohort, ingest_task, with_perturbation
 from tasks.data.store import FeatureStore
@@ -22,6 +23,7 @@ from tasks.data.tables import COHORT, EMBEDDINGS, QUARANTINE, RADIOMICS
 from tasks.evaluation.artifacts import publish_run_summary
 from tasks.features.plan import Window
 from tasks.features.work import plan_work_task
+from tasks.models.harmonise import image_pass_settings
 
 
 def current_run_id(prefix: str) -> str:
@@ -74,6 +76,19 @@ def cohort(
         )
     extract_started = time.monotonic()
     totals = run_extraction(work, settings, run_id)
+    # Scanner harmonisation "image": the same cases again with intensity normalisation on
+    # (its own params_hash), radiomics only, for retrain to fit and compare.
+    normalised = empty_totals()
+    if (image := image_pass_settings(settings)) is not None:
+        image_work = plan_work_task(
+            cases, store, image, Window(exam_from, exam_to, force), embeddings=False
+        )
+        logger.info(
+            "radiomics, image-normalised pass: %d cases to extract, %d already stored",
+            len(image_work.radiomics.todo),
+            image_work.radiomics.skipped,
+        )
+        normalised = run_extraction(image_work, image, run_id)
     extract_seconds = time.monotonic() - extract_started
 
     seconds = time.monotonic() - started
@@ -86,6 +101,7 @@ def cohort(
         "cases_quarantined": ingested.quarantined if ingested else 0,
         "cases_failed": radiomics.failed,
         "radiomics_rows": radiomics.rows,
+        "radiomics_rows_normalised": normalised["radiomics"].rows,
         "model_version": work.embeddings.version if work.embeddings else None,
         "cases_embedded": embedded.cases,
         "embedding_failed": embedded.failed,

@@ -1,6 +1,7 @@
-"""The retrain flow: fine-tune the CNN, embed, fit the three models, evaluate, register,
-and promote to ``champion`` unless DeLong shows the candidate worse on internal testing
-(external validation is never used to make a decision).
+"""The retrain flow: fine-tune the CNN, embed, fit the three models under each scanner
+harmonisation option (keep the best by internal testing), evaluate, register, and promote to
+``champion`` unless DeLong shows the candidate worse on internal testing (external
+validation is never used to make a decision).
 
 Every step is a Prefect task, so the run's graph in the UI shows where the time goes.
 """
@@ -23,6 +24,7 @@ from tasks.evaluation.evaluate import (
     compare_with_champion_task,
     evaluate_task,
 )
+from tasks.evaluation.harmonisation import compare_harmonisation_task
 from tasks.evaluation.report import write_report_task
 from tasks.features.cnn.crossfit import (
     CROSSFIT,
@@ -38,6 +40,7 @@ from tasks.features.cnn.train import finetune_task
 from tasks.features.radiomics import current_params_hash
 from tasks.features.work import plan_work_task
 from tasks.models.features import load_features_task, training_cases_task
+from tasks.models.harmonise import harmonisation_options, image_pass_settings
 from tasks.models.pipelines import fit_models_task
 from tasks.models.registry import champion_task, log_retrain_task, promote_task
 
@@ -88,6 +91,7 @@ def retrain(settings: Settings | None = None, promote_champion: bool = True) -> 
     settings: run settings built by the caller (None: from the environment)
     promote_champion: allow promotion (a dry run evaluates and registers only)
     """
+    logger = get_run_logger()
     settings = resolve_settings(settings)
     store = FeatureStore(settings.store)
     run_id = current_run_id("retrain")
@@ -96,10 +100,26 @@ def retrain(settings: Settings | None = None, promote_champion: bool = True) -> 
         settings, run_id, versions
     )
     cnn = trained["cnn"]
-    data = load_features_task(
-        store, current_params_hash(settings), cnn["version"], crossfit=cnn["crossfit"]
-    )
-    models = fit_models_task(data, settings)
+    # Scanner harmonisation: the models fitted under each option, the best by internal
+    # testing kept (tasks/evaluation/harmonisation.py); the rest of the run uses that one.
+    fits, unavailable = {}, {}
+    for option in harmonisation_options(settings):
+        extracted = image_pass_settings(settings) if option == "image" else settings
+        try:
+            option_data = load_features_task(
+                store, current_params_hash(extracted), cnn["version"], crossfit=cnn["crossfit"]
+            )
+        except ValueError as exc:  # e.g. no image-normalised rows: the cohort flow ran without
+            if settings.harmonisation != "auto" or option == "none":
+                raise
+            logger.warning("harmonisation %s not compared: %s", option, exc)
+            unavailable[option] = str(exc)
+            continue
+        option_data.lineage["harmonisation"] = option
+        fits[option] = (fit_models_task(option_data, settings, harmonisation=option), option_data)
+    comparison = compare_harmonisation_task(fits, settings.harmonisation, unavailable)
+    models, data = fits[comparison["chosen"]]
+    logger.info("harmonisation: %s (%s)", comparison["chosen"], comparison["rule"])
     evaluation = evaluate_task(
         models,
         data,
@@ -110,6 +130,7 @@ def retrain(settings: Settings | None = None, promote_champion: bool = True) -> 
         drift_resamples=settings.drift_permutations,
         seed=settings.seed,
     )
+    evaluation = evaluation.with_harmonisation(comparison)
     report = write_report_task(evaluation, store.uri("reports", run_id))
     logged = log_retrain_task(models, evaluation, report, settings, store, cnn)
 
@@ -125,6 +146,7 @@ def retrain(settings: Settings | None = None, promote_champion: bool = True) -> 
         "cnn_model_version": cnn["version"],
         "cnn_best_epoch": cnn.get("best_epoch"),
         "cnn_worker": cnn.get("worker"),
+        "harmonisation": comparison["chosen"],
         "cases_embedded": trained["embeddings"].cases,
         "registered_version": logged["registered_version"],
         "mlflow_run_id": logged["mlflow_run_id"],

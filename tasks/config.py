@@ -136,6 +136,22 @@ class Settings(BaseSettings):
         "without them (folds grouped by patient); 'in-sample': from the final CNN",
     )
     cnn_folds: int = Field(5, ge=2, description="K of the cross-fitted CNNs")
+    # Scanner harmonisation of the handcrafted features (issue 10): retrain fits the models
+    # under each option and reports every one; 'auto' keeps the best by internal testing.
+    harmonisation: Literal["auto", "none", "image", "combat"] = Field(
+        "auto",
+        description="'none'; 'image': intensities normalised before extraction "
+        "(radiomics_params_normalised, a second radiomics pass); 'combat': ComBat on the "
+        "handcrafted features, fitted on training, a new site from its own unlabelled rows; "
+        "'auto': all three fitted, the best COMB AUC on internal testing used (ties: simpler)",
+    )
+    radiomics_params_normalised: Path = Field(
+        INFRA_DIR / "radiomics-normalised.yaml",
+        description="pyradiomics params of the image-normalised extraction pass",
+    )
+    combat_min_cases: int = Field(
+        20, ge=2, description="Rows a site needs before ComBat estimates its batch effect"
+    )
     # Hostile input: limits checked on the image header before anything is decoded.
     max_image_pixels: int = Field(
         4096 * 4096, ge=1, description="Largest image (pixels per frame) decoded"

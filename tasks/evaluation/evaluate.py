@@ -63,6 +63,9 @@ PROMOTION_SET = "testing"  # internal: the external validation set stays an inde
 DECISION_SETS = {
     "CNN fine-tuning, feature selection (ICC, Pearson, LASSO) and coefficients": "training",
     "decision threshold (Youden on the linear predictor)": "training",
+    "scanner harmonisation option (COMB AUC; ties to the simpler)": (
+        f"{PROMOTION_SET} (internal; never the external validation set)"
+    ),
     "promotion of a retrained model (DeLong, candidate vs champion)": (
         f"{PROMOTION_SET} (internal; never the external validation set)"
     ),

@@ -210,7 +210,8 @@ class Evaluation:
     (``"COMB_vs_ONLY_HF"``). ``per_site`` is keyed set -> site -> model, ``drift`` set ->
     site (validation and testing sites against training). ``model_fits``: per model, how
     it was fitted (penalty, LASSO rule and fallback, ICC sets and n, intercept);
-    ``decision_sets``: which set served which decision. ``versions`` is the feature
+    ``decision_sets``: which set served which decision; ``harmonisation``: the scanner
+    harmonisation options compared (retrain). ``versions`` is the feature
     data's lineage (table versions, params hash, CNN model version, ...) plus what the flow
     adds (CNN or champion version). ``checks`` is set by the validate flow (:meth:`with_checks`).
     """
@@ -233,6 +234,12 @@ class Evaluation:
     model_fits: dict[str, dict[str, Any]] = field(default_factory=dict)
     decision_sets: dict[str, str] = field(default_factory=dict)
     checks: Checks | None = None
+    # Scanner harmonisation options compared on the run (retrain), the chosen one and why
+    # (tasks.evaluation.harmonisation.compare_harmonisation); empty in validate runs.
+    harmonisation: dict[str, Any] = field(default_factory=dict)
 
     def with_checks(self, checks: Checks) -> Evaluation:
         return replace(self, checks=checks)
+
+    def with_harmonisation(self, comparison: dict[str, Any]) -> Evaluation:
+        return replace(self, harmonisation=comparison)

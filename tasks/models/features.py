@@ -2,10 +2,12 @@
 
 Reads the current ``cohort`` with its ``radiomics`` (current params) and ``embeddings``
 (one CNN model version) rows, pinned to table versions, and builds one matrix per mask
-variant (index ``case_id``): handcrafted columns ``hf:<region>:<feature>`` and deep
-columns ``df:<i>`` (the fused embedding). :class:`FeatureData` holds them with the cases'
-label, split and site, and gives the ICC filter its repeat sets (real delineations first,
-perturbed reader-1 masks as the fallback, see :meth:`FeatureData.pairs`). Writes nothing.
+variant (index ``case_id``): handcrafted columns ``hf:<region>:<feature>``, deep
+columns ``df:<i>`` (the fused embedding) and the case's scanner site ``meta:site`` (for
+ComBat; the models' family steps read only ``hf:``/``df:`` columns). :class:`FeatureData`
+holds them with the cases' label, split and site, and gives the ICC filter its repeat sets
+(real delineations first, perturbed reader-1 masks as the fallback, see
+:meth:`FeatureData.pairs`). Writes nothing.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from tasks.data.store import FeatureStore
 from tasks.data.tables import COHORT, EMBEDDINGS, FEATURE_TABLES, RADIOMICS
 from tasks.features.plan import variant_keys
 from tasks.features.radiomics import META_COLUMNS
+from tasks.models.harmonise import SITE_COLUMN
 
 # Repeat sets for the ICC filter: (name, reference variant, repeat variant). The sets of a
 # generated repeat variant (a perturbed mask) are a fallback: FeatureData.pairs uses them
@@ -261,6 +264,7 @@ def load_features(
     models = {model_version, *(mapping["fold_models"] if mapping else ())}
     embeddings = embeddings[embeddings["model_version"].isin(models)]
     X: dict[str, pd.DataFrame] = {}
+    sites = cohort.set_index("case_id")["site"].astype("string").fillna("").astype(str)
     for variant in (*MASK_VARIANTS, *GENERATED_VARIANTS):
         hf = radiomics_matrix(radiomics, cohort, variant)
         df = deep_matrix(embeddings, cohort, variant, model_version, mapping)
@@ -269,6 +273,8 @@ def load_features(
         if hf.empty or df.empty:
             continue
         X[variant] = hf.join(df, how="inner")
+        # Each row's scanner site, for ComBat (the family steps read hf:/df: columns only).
+        X[variant][SITE_COLUMN] = sites.reindex(X[variant].index).to_numpy()
     if "reader1" not in X:
         raise ValueError(
             f"no case has both radiomics (params {params_hash[:12]}) and embeddings "

@@ -1,4 +1,13 @@
-"""ComBat harmonisation of features across scanners (sites), with a reference batch.
+"""Scanner harmonisation: the options a retrain compares, and ComBat with a reference batch.
+
+The options (``SLN_HARMONISATION``; :data:`OPTIONS`, simplest first): ``none``; ``image``,
+intensity normalisation before extraction (a second radiomics pass of the cohort flow with
+``radiomics_params_normalised``, :func:`image_pass_settings`); ``combat``, :class:`ComBat`
+on the handcrafted features inside each model (``FamilyFeatures(combat=True)``). Under
+``auto`` retrain fits all three and keeps the one :func:`choose_option` picks from COMB's
+AUC on internal testing (tasks/evaluation/harmonisation.py compares them).
+
+ComBat harmonisation of features across scanners (sites), with a reference batch:
 
 ComBat (Johnson, Li & Rabinovic, Biostatistics 2007; Fortin et al., NeuroImage 2018 for
 imaging features) models each feature of each site as the reference site's distribution
@@ -25,14 +34,46 @@ Checked against ``neuroCombat`` 0.2.12 in tests/tasks/models/test_harmonise.py.
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from sklearn.base import BaseEstimator, TransformerMixin
 
+if TYPE_CHECKING:
+    from tasks.config import Settings
+
 SITE_COLUMN = "meta:site"  # the batch of each row, carried in the feature matrices
 CONVERGENCE = 1e-4  # neuroCombat's it_sol tolerance (relative change)
+# The harmonisation options, simplest first (nothing learned; a fixed per-image transform;
+# a learned per-site transform): a tie on internal testing goes to the earlier one.
+OPTIONS = ("none", "image", "combat")
+CHOICE_SET = "testing"  # internal testing: the external validation set never chooses
+TIE = 0.0005  # AUC differences below this (rounding to 3 decimals) are ties
+
+
+def harmonisation_options(settings: Settings) -> tuple[str, ...]:
+    """The options a retrain fits: all three under 'auto', else the one set."""
+    return OPTIONS if settings.harmonisation == "auto" else (settings.harmonisation,)
+
+
+def image_pass_settings(settings: Settings) -> Settings | None:
+    """The settings of the image-normalised radiomics pass, when an option needs it."""
+    if "image" not in harmonisation_options(settings):
+        return None
+    return settings.model_copy(update={"radiomics_params": settings.radiomics_params_normalised})
+
+
+def choose_option(auc: Mapping[str, float]) -> str:
+    """The option with the best COMB AUC on internal testing (``auc``: option -> AUC, in
+    :data:`OPTIONS` order); within :data:`TIE` of the best, the simplest. An undefined AUC
+    (one class) never wins over a defined one."""
+    defined = {k: v for k, v in auc.items() if np.isfinite(v)}
+    if not defined:
+        return next(iter(auc))
+    best = max(defined.values())
+    return next(k for k in auc if k in defined and defined[k] >= best - TIE)
 
 
 def _priors(gamma_hat: np.ndarray, delta_hat: np.ndarray) -> dict[str, float]:
@@ -93,6 +134,8 @@ class ComBat(TransformerMixin, BaseEstimator):
     columns_ : list of str
     skipped_ : dict
         Site -> rows, for sites left unchanged by the last call (too few rows).
+    fit_skipped_ : dict
+        The same for the training sites in ``fit``.
     """
 
     def __init__(
@@ -141,6 +184,7 @@ class ComBat(TransformerMixin, BaseEstimator):
                 continue
             rows = X.loc[sites == site, self.columns_].to_numpy(np.float64)
             self.estimates_[str(site)] = eb_estimates(self._standardise(rows))
+        self.fit_skipped_ = dict(self.skipped_)  # transform overwrites skipped_
         return self
 
     def transform(self, X: pd.DataFrame) -> pd.DataFrame:

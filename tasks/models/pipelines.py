@@ -47,6 +47,7 @@ from sklearn.preprocessing import StandardScaler
 from tasks.config import Settings
 from tasks.evaluation.metrics import youden_threshold
 from tasks.models.features import FeatureData, icc_source, patient_groups, training_rows
+from tasks.models.harmonise import SITE_COLUMN, ComBat
 from tasks.models.selection import ICCFilter, LassoSelector, PearsonFilter
 
 log = logging.getLogger(__name__)
@@ -58,7 +59,8 @@ LASSO_FOLDS = 10  # CV folds choosing the LASSO penalty
 
 
 class FamilyFeatures(TransformerMixin, BaseEstimator):
-    """Per feature family: impute -> standardise (-> PCA -> standardise) -> ICC -> Pearson.
+    """Per feature family: (ComBat ->) impute -> standardise (-> PCA -> standardise) -> ICC
+    -> Pearson.
 
     Parameters
     ----------
@@ -67,12 +69,19 @@ class FamilyFeatures(TransformerMixin, BaseEstimator):
     icc_threshold, icc_form : ICC filter settings (see :class:`tasks.models.selection.ICCFilter`).
     pearson_threshold : |r| above which one of a pair is dropped.
     pca_variance : explained variance kept by the PCA of deep features.
+    combat : harmonise the handcrafted (``hf``) columns across sites with
+        :class:`~tasks.models.harmonise.ComBat` first (the matrix then needs the
+        ``meta:site`` column). Deep features are not harmonised: the CNN learns from the
+        images of every training site, and the PCA would mix a per-site shift into every
+        component.
+    combat_min_cases : rows a site needs before ComBat estimates its batch effect.
 
     Attributes
     ----------
     branches_ : dict
         Per family: the fitted ``pre`` pipeline, ``icc`` filter (or None when no repeat
-        set was given), ``pearson`` filter and the ``columns`` it reads.
+        set was given), ``pearson`` filter, the ``columns`` it reads and its ``combat``
+        harmoniser (None when not harmonised).
     feature_names_out_ : list of str
     """
 
@@ -84,6 +93,8 @@ class FamilyFeatures(TransformerMixin, BaseEstimator):
         pearson_threshold: float = 0.9,
         pca_variance: float = 0.95,
         random_state: int = 0,
+        combat: bool = False,
+        combat_min_cases: int = 20,
     ):
         self.families = families
         self.icc_threshold = icc_threshold
@@ -91,6 +102,8 @@ class FamilyFeatures(TransformerMixin, BaseEstimator):
         self.pearson_threshold = pearson_threshold
         self.pca_variance = pca_variance
         self.random_state = random_state
+        self.combat = combat
+        self.combat_min_cases = combat_min_cases
 
     def _pre(self, family: str) -> Pipeline:
         steps: list[tuple[str, Any]] = [
@@ -111,8 +124,13 @@ class FamilyFeatures(TransformerMixin, BaseEstimator):
             ]
         return Pipeline(steps).set_output(transform="pandas")
 
-    def _project(self, pre: Pipeline, family: str, X: pd.DataFrame, columns) -> pd.DataFrame:
-        out = pre.transform(X[columns])
+    def _project(
+        self, pre: Pipeline, family: str, X: pd.DataFrame, columns, combat: ComBat | None = None
+    ) -> pd.DataFrame:
+        values = X[columns]
+        if combat is not None:  # sites harmonised before anything is imputed or scaled
+            values = combat.transform(X[[*columns, SITE_COLUMN]])[columns]
+        out = pre.transform(values)
         if family == "df":  # PCA names its outputs pca0..; keep the family prefix
             out.columns = [f"df:pc{i}" for i in range(out.shape[1])]
         return out
@@ -124,14 +142,21 @@ class FamilyFeatures(TransformerMixin, BaseEstimator):
             columns = [c for c in X.columns if c.startswith(f"{family}:")]
             if not columns:
                 raise ValueError(f"no {family}: columns in the feature matrix")
-            pre = self._pre(family).fit(X[columns])
-            Z = self._project(pre, family, X, columns)
+            combat = None
+            if self.combat and family == "hf":
+                combat = ComBat(columns_prefixes=("hf:",), min_cases=self.combat_min_cases)
+                combat.fit(X[[*columns, SITE_COLUMN]])
+            values = X[columns]
+            if combat is not None:
+                values = combat.transform(X[[*columns, SITE_COLUMN]])[columns]
+            pre = self._pre(family).fit(values)
+            Z = self._project(pre, family, X, columns, combat)
             icc = None
             if pairs:
                 projected = {
                     name: (
-                        self._project(pre, family, a, columns),
-                        self._project(pre, family, b, columns),
+                        self._project(pre, family, a, columns, combat),
+                        self._project(pre, family, b, columns, combat),
                     )
                     for name, (a, b) in pairs.items()
                 }
@@ -146,6 +171,7 @@ class FamilyFeatures(TransformerMixin, BaseEstimator):
                 "icc": icc,
                 "pearson": pearson,
                 "columns": columns,
+                "combat": combat,
             }
             names += list(Z.columns)
         self.feature_names_out_ = names
@@ -154,7 +180,7 @@ class FamilyFeatures(TransformerMixin, BaseEstimator):
     def transform(self, X: pd.DataFrame) -> pd.DataFrame:
         parts = []
         for family, branch in self.branches_.items():
-            Z = self._project(branch["pre"], family, X, branch["columns"])
+            Z = self._project(branch["pre"], family, X, branch["columns"], branch.get("combat"))
             if branch["icc"] is not None:
                 Z = branch["icc"].transform(Z)
             parts.append(branch["pearson"].transform(Z))
@@ -164,8 +190,15 @@ class FamilyFeatures(TransformerMixin, BaseEstimator):
         return np.asarray(self.feature_names_out_, dtype=object)
 
 
-def build_pipeline(families: tuple[str, ...], settings: Settings) -> Pipeline:
-    """features -> LASSO (10-fold CV, 1-SE) -> logistic regression, as one Pipeline."""
+def build_pipeline(
+    families: tuple[str, ...], settings: Settings, harmonisation: str = "none"
+) -> Pipeline:
+    """features -> LASSO (10-fold CV, 1-SE) -> logistic regression, as one Pipeline.
+
+    ``harmonisation`` ``"combat"`` puts ComBat first in the features step; ``"image"`` and
+    ``"none"`` change nothing here (image normalisation happens at extraction: the caller
+    passes the normalised pass's feature data).
+    """
     return Pipeline(
         [
             (
@@ -176,6 +209,8 @@ def build_pipeline(families: tuple[str, ...], settings: Settings) -> Pipeline:
                     pearson_threshold=settings.pearson_threshold,
                     pca_variance=settings.pca_variance,
                     random_state=settings.seed,
+                    combat=harmonisation == "combat",
+                    combat_min_cases=settings.combat_min_cases,
                 ),
             ),
             (
@@ -245,8 +280,12 @@ def fit_models(
     settings: Settings,
     names: Sequence[str] = tuple(MODELS),
     logger: Logger = log,
+    harmonisation: str = "none",
 ) -> dict[str, FittedModel]:
     """Fit each model on the labelled training rows only (repeats: training cases only).
+
+    ``harmonisation``: the scanner harmonisation option the models are fitted under
+    (``data`` is the image-normalised pass's for ``"image"``; see :func:`build_pipeline`).
 
     Progress goes to ``logger`` (the module's; the Prefect task passes its run logger):
     which model is being fitted and each LASSO cross-validation fold as it finishes,
@@ -267,7 +306,7 @@ def fit_models(
     models = {}
     for i, name in enumerate(names, start=1):
         logger.info("%s: fitting model %d/%d on %d training cases", name, i, len(names), len(y))
-        pipeline = clone(build_pipeline(MODELS[name], settings))
+        pipeline = clone(build_pipeline(MODELS[name], settings, harmonisation))
         fit_params: dict[str, Any] = {
             "lasso__progress": partial(_log_fold, logger, name),
             "lasso__groups": groups,
@@ -276,7 +315,7 @@ def fit_models(
             fit_params["features__pairs"] = pairs
         pipeline.fit(X, y, **fit_params)
         cutoff = youden_threshold(y.to_numpy(), pipeline.decision_function(X))
-        info = fit_info(pipeline, pairs, repeats, settings)
+        info = fit_info(pipeline, pairs, repeats, settings, harmonisation)
         info["training_cases"] = sorted(map(str, X.index))
         models[name] = FittedModel(
             name, pipeline, float(expit(cutoff)), bool(pairs), float(cutoff), info
@@ -293,10 +332,23 @@ def fit_models(
 
 
 def fit_info(
-    pipeline: Pipeline, pairs: dict, repeats: dict[str, int], settings: Settings
+    pipeline: Pipeline,
+    pairs: dict,
+    repeats: dict[str, int],
+    settings: Settings,
+    harmonisation: str = "none",
 ) -> dict[str, Any]:
     """How one model was fitted, as plain values: what the report and MLflow record."""
     features, lasso = pipeline.named_steps["features"], pipeline.named_steps["lasso"]
+    combat = next((b["combat"] for b in features.branches_.values() if b.get("combat")), None)
+    harmonised: dict[str, Any] = {"option": harmonisation}
+    if combat is not None:
+        harmonised |= {
+            "reference_site": combat.reference_,
+            "training_sites": sorted(combat.estimates_),
+            "skipped_sites": dict(combat.fit_skipped_),
+            "min_cases": combat.min_cases,
+        }
     logit_step = pipeline.named_steps["logit"]
     kept = {}
     for family, branch in features.branches_.items():
@@ -329,13 +381,17 @@ def fit_info(
             "sets_used": sorted(pairs),
         },
         "features_kept": kept,
+        "harmonisation": harmonised,
     }
 
 
 # -- Prefect wrappers ------------------------------------------------------------------------
-@task(name="fit-models", cache_policy=NO_CACHE)
+@task(name="fit-models", cache_policy=NO_CACHE, task_run_name="fit-models-{harmonisation}")
 def fit_models_task(
-    data: FeatureData, settings: Settings, names: Sequence[str] = tuple(MODELS)
+    data: FeatureData,
+    settings: Settings,
+    names: Sequence[str] = tuple(MODELS),
+    harmonisation: str = "none",
 ) -> dict[str, FittedModel]:
     """:func:`fit_models` as a task run of its own, its progress lines in the run's log."""
-    return fit_models(data, settings, names, logger=get_run_logger())
+    return fit_models(data, settings, names, logger=get_run_logger(), harmonisation=harmonisation)

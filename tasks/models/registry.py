@@ -60,11 +60,20 @@ def tracking_uri(settings: Settings, store: FeatureStore) -> str:
 def _client(settings: Settings, store: FeatureStore):
     import mlflow
 
-    mlflow.set_tracking_uri(tracking_uri(settings, store))
+    uri = tracking_uri(settings, store)
+    # mlflow.set_tracking_uri also exports MLFLOW_TRACKING_URI to the environment, where the
+    # next Settings() would read it as the user's choice: a second store in one process (a
+    # test, `sln serve` running flows for two stores) would then use the first store's
+    # registry and champion. The variable is put back as it was.
+    before = os.environ.get("MLFLOW_TRACKING_URI")
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    if before is None:
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
     if mlflow.get_experiment_by_name(EXPERIMENT) is None:
         mlflow.create_experiment(EXPERIMENT, artifact_location=store.uri("mlflow", "artifacts"))
     mlflow.set_experiment(EXPERIMENT)
-    return mlflow, mlflow.MlflowClient()
+    return mlflow, mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def _flat_metrics(evaluation: Evaluation) -> dict[str, float]:
@@ -107,6 +116,7 @@ def log_retrain(
                 "cnn_model_version": lineage["cnn_model_version"],
                 "cnn_crossfit": crossfit.get("mode", "in-sample"),
                 "cnn_folds": crossfit.get("folds") or 0,
+                "harmonisation": lineage.get("harmonisation", "none"),
                 "table_versions": json.dumps(lineage["table_versions"]),
                 **{f"threshold.{k}": round(v, 6) for k, v in evaluation.thresholds.items()},
             }
@@ -114,6 +124,8 @@ def log_retrain(
         mlflow.log_metrics(_flat_metrics(evaluation))
         mlflow.log_dict(evaluation.selected_features, "selected_features.json")
         mlflow.log_dict(evaluation.model_fits, "model_fits.json")  # penalty, LASSO fallback, ICC n
+        if evaluation.harmonisation:  # every option's AUCs per set, the chosen one and why
+            mlflow.log_dict(evaluation.harmonisation, "harmonisation.json")
         mlflow.set_tags(
             {
                 f"lasso_fallback.{name}": str(bool((fit.get("lasso") or {}).get("fallback")))

@@ -13,6 +13,8 @@ from tasks.data.store import FeatureStore
 @pytest.mark.slow
 def test_retrain_registers_promotes_and_reports(trained):
     from tasks.features.cnn.embed import current_model
+    from tasks.features.radiomics import current_params_hash
+    from tasks.models.harmonise import choose_option, image_pass_settings
     from tasks.models.registry import champion
 
     settings, cohort, summary = trained
@@ -58,3 +60,31 @@ def test_retrain_registers_promotes_and_reports(trained):
         assert fold.groupby("case_id")["mask_variant"].apply(set).equals(variants.loc[sorted(held)])
     html = open(summary["report"]).read()
     assert "not a cleared medical device" in html and html.count("<img") >= 4
+
+    # Scanner harmonisation (SLN_HARMONISATION=auto): the cohort flow extracted every case a
+    # second time with intensity normalisation; retrain fitted and scored all three options
+    # on the same run and kept the best COMB AUC on internal testing.
+    radiomics = store.read("radiomics")
+    hashes = {
+        current_params_hash(settings): 80,
+        current_params_hash(image_pass_settings(settings)): 80,
+    }
+    assert radiomics.groupby("params_hash")["case_id"].nunique().to_dict() == hashes
+    assert cohort["radiomics_rows_normalised"] > 0
+    h = report["harmonisation"]
+    assert list(h["options"]) == ["none", "image", "combat"] and not h["unavailable"]
+    for by_model in h["options"].values():
+        assert set(by_model) == {"ONLY_HF", "ONLY_DF", "COMB"}
+        assert all(set(s) == {"training", "validation", "testing"} for s in by_model.values())
+    testing = {o: h["options"][o]["COMB"]["testing"]["auc"] for o in h["options"]}
+    assert h["chosen"] == choose_option(testing) == summary["harmonisation"]
+    assert report["versions"]["harmonisation"] == h["chosen"]
+    assert report["versions"]["params_hash"] == h["params_hash"][h["chosen"]]
+    # One training site (A) is ComBat's reference: training and testing rows (site A) are
+    # left as they are, so ComBat ties with none there and only site B's numbers move.
+    assert set(rows.loc[rows["split"] == "training", "site"]) == {"A"}
+    assert h["combat"]["reference_site"] == "A" and h["combat"]["training_sites"] == ["A"]
+    for model in ("ONLY_HF", "COMB"):
+        assert h["options"]["combat"][model]["testing"] == h["options"]["none"][model]["testing"]
+    assert h["chosen"] != "combat"
+    assert "Scanner harmonisation compared" in html

@@ -156,7 +156,43 @@ def _metrics_html(evaluation: Evaluation) -> str:
         "NPV with Wilson 95% CIs at the threshold chosen on the training set (Youden index) "
         "and applied unchanged to the other sets.</p>"
         f"{table}"
-        f"{_per_site_html(evaluation)}</section>"
+        f"{_per_site_html(evaluation)}{_harmonisation_html(evaluation)}</section>"
+    )
+
+
+def _harmonisation_html(evaluation: Evaluation) -> str:
+    """Every model's AUC per set under each scanner harmonisation option of the run."""
+    h = evaluation.harmonisation
+    if not h.get("options"):
+        return ""
+    sets = [s for s in SPLITS if any(s in m for o in h["options"].values() for m in o.values())]
+    rows = []
+    for option, by_model in h["options"].items():
+        for model in (m for m in MODELS if m in by_model):
+            cells = []
+            for split in sets:
+                m = by_model[model].get(split)
+                cells.append(est_ci(m["auc"], m["auc_ci"]) + f" ({m['n']})" if m else DASH)
+            mark = "<b>chosen</b>" if option == h["chosen"] else ""
+            rows.append([_e(option), _e(model), *cells, mark])
+    headers = ["Option", "Model", *(f"AUC {SET_LABELS[s]} (n)" for s in sets), ""]
+    missing = "".join(
+        f"<li>{_e(option)}: not compared ({_e(why)})</li>"
+        for option, why in h.get("unavailable", {}).items()
+    )
+    combat = h.get("combat") or {}
+    note = (
+        f" ComBat reference site {_e(combat['reference_site'])}; training sites "
+        f"{_e(', '.join(combat.get('training_sites', [])))}; a site new to the model is "
+        "harmonised from its own unlabelled rows."
+        if combat.get("reference_site")
+        else ""
+    )
+    return (
+        '<h3 id="harmonisation">Scanner harmonisation compared</h3>'
+        f'<p class="muted">Chosen: <b>{_e(h["chosen"])}</b>; rule: {_e(h["rule"])}.{note}</p>'
+        f"{_table(headers, rows, 'metrics')}"
+        f"{f'<ul>{missing}</ul>' if missing else ''}"
     )
 
 

@@ -3,7 +3,7 @@
 Reads one ``report.json`` (:mod:`~tasks.evaluation.report.serialise`); writes Markdown to
 stdout: AUC with its 95% CI per model and set, per-site AUCs within each set (``too few``
 where a site lacks the cases), drift flags, and the features each model kept with the
-LASSO fallback. Usage::
+LASSO fallback, and every model's AUCs under each scanner harmonisation option. Usage::
 
     python -m tasks.evaluation.report.readme store/reports/<run_id>/report.json
 """
@@ -79,7 +79,25 @@ def readme_tables(report: dict[str, Any]) -> str:
         for name, feats in report["selected_features"].items()
     ]
     parts += ["", _table(["model", "features kept", "LASSO 1-SE fallback", "final penalty"], rows)]
+    parts += _harmonisation(report.get("harmonisation") or {}, sets)
     return "\n".join(parts) + "\n"
+
+
+def _harmonisation(h: dict[str, Any], sets: list[str]) -> list[str]:
+    """Every model's AUC per set under each harmonisation option, the chosen one marked."""
+    if not h.get("options"):
+        return []
+    rows = [
+        [
+            f"**{option}** (chosen)" if option == h["chosen"] else option,
+            name,
+            *(_auc(by_set.get(s)) for s in sets),
+        ]
+        for option, by_model in h["options"].items()
+        for name, by_set in by_model.items()
+    ]
+    headers = ["harmonisation", "model", *(f"AUC {LABELS[s]}" for s in sets)]
+    return ["", f"Harmonisation chosen: {h['chosen']} ({h['rule']}).", "", _table(headers, rows)]
 
 
 def main(argv: list[str] | None = None) -> int:

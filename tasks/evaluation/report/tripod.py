@@ -71,7 +71,9 @@ def tripod_section(evaluation: Evaluation) -> dict[str, Any]:
         "predictors": {
             "handcrafted": "pyradiomics features of the lesion and its peritumoral ring, "
             f"extraction parameters hash {versions.get('params_hash')}",
-            "deep": f"fused embeddings of CNN {versions.get('cnn_model_version')}",
+            "deep": f"fused embeddings of CNN {versions.get('cnn_model_version')}; "
+            f"{_deep_mode(versions.get('deep_features'))}",
+            "harmonisation": _harmonisation(evaluation.harmonisation, versions),
             "table_versions": versions.get("table_versions"),
         },
         "sample_size": {
@@ -111,6 +113,32 @@ def tripod_section(evaluation: Evaluation) -> dict[str, Any]:
         "decision_sets": dict(evaluation.decision_sets),
         "not_done": list(NOT_DONE),
     }
+
+
+def _deep_mode(deep: dict[str, Any] | None) -> str:
+    """How the training rows' deep features were made (cross-fitted or in-sample)."""
+    if not deep or deep.get("mode") != "crossfit":
+        return (
+            "training rows embedded in-sample by the final CNN (it was fine-tuned on them)"
+            if deep
+            else "training rows' embedding mode not recorded"
+        )
+    return (
+        f"training rows cross-fitted: each embedded by the one of {deep.get('folds')} fold "
+        "CNNs (grouped by patient) that never saw it; other rows by the final CNN"
+    )
+
+
+def _harmonisation(comparison: dict[str, Any], versions: dict[str, Any]) -> str:
+    """The scanner harmonisation the models use, and how it was chosen."""
+    if not comparison:
+        option = versions.get("harmonisation", "none")
+        return f"scanner harmonisation: {option}"
+    compared = ", ".join(comparison.get("options", {})) or "none"
+    return (
+        f"scanner harmonisation: {comparison['chosen']} (compared: {compared}; "
+        f"rule: {comparison['rule']})"
+    )
 
 
 def _e(value: Any) -> str:
@@ -172,7 +200,8 @@ def tripod_html(evaluation: Evaluation) -> str:
         f"{_e(p['cases_with_features'])} with features, {p['quarantined_cases']} quarantined "
         f"({_e(reasons)}); {p['labelled']} labelled, {p['unlabelled']} unlabelled.</p>"
         f"<h3>Missing data</h3>{_list(t['missing_data'])}"
-        f"<h3>Predictors</h3>{_list([t['predictors']['handcrafted'], t['predictors']['deep']])}"
+        "<h3>Predictors</h3>"
+        f"{_list([t['predictors'][k] for k in ('handcrafted', 'deep', 'harmonisation')])}"
         f"<h3>Sample size and events</h3><ul>{sizes}</ul>"
         f"<h3>Model specification</h3><ul>{''.join(specs)}</ul>"
         f"<h3>Performance</h3><ul>{perf}</ul>"

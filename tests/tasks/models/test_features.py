@@ -142,7 +142,9 @@ def test_load_features_builds_the_perturbed_matrix_and_records_the_icc_source(tm
         "df:1",
         "df:2",
         "df:3",
+        "meta:site",
     ]
+    assert set(data.reader1["meta:site"]) == {"A"}  # for ComBat
     # Six training cases are fewer than a repeat set needs (20): no ICC filter.
     assert data.lineage["icc_source"] == "none"
     if repeats:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import replace
 from pathlib import Path
 
@@ -125,6 +126,19 @@ def test_promote_moves_the_champion_alias_and_the_bundle_reads_back(tracked):
     promote(second["registered_version"], settings, store)
     assert champion(settings, store) == {"version": "2", "mlflow_run_id": second["mlflow_run_id"]}
     promote(logged["registered_version"], settings, store)  # back, for the next test
+    assert champion(settings, store)["version"] == "1"
+
+
+def test_a_second_store_in_the_same_process_has_its_own_registry(tracked, tmp_path):
+    """mlflow exports the tracking URI it is given to the environment; the registry puts it
+    back, so the next Settings() of another store does not read the first store's champion."""
+    settings, store, *_ = tracked
+    promote("1", settings, store)
+    assert champion(settings, store)["version"] == "1"
+    assert "MLFLOW_TRACKING_URI" not in os.environ
+    other = Settings(store=str(tmp_path / "other"))
+    assert other.mlflow_tracking_uri is None
+    assert champion(other, FeatureStore(other.store)) is None
     assert champion(settings, store)["version"] == "1"
 
 

@@ -148,7 +148,9 @@ def test_report_json_same_bytes_as_before_the_typed_contract(
 ):
     # data/report.json was written from the same sample input, evaluated as a validate run
     # (regenerated when report.json gained per-set sites, calibrated drift, model fits,
-    # decision sets and the TRIPOD+AI section): any later change to the numbers shows here.
+    # decision sets, the TRIPOD+AI section, and then the harmonisation comparison, its
+    # decision set and the deep-feature mode in TRIPOD): any later change to the numbers
+    # shows here.
     uris = write_report(sample_evaluation, str(tmp_path / "validate"))
     assert Path(uris["json"]).read_bytes() == BEFORE.read_bytes()
     # A retrain run has no checks: the same document without them.
