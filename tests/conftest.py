@@ -38,6 +38,18 @@ def pseudonym_key() -> bytes:
         os.environ[ENV] = saved
 
 
+@pytest.fixture(scope="session", autouse=True)
+def harmonisation_none():
+    """Tests run with SLN_HARMONISATION=none unless they set it: the default 'auto' extracts
+    radiomics twice (an image-normalised pass) and fits every model three times. The flow
+    tests of retrain, validate and reproducibility (tests/flows/conftest.py) run 'auto'."""
+    saved = os.environ.get("SLN_HARMONISATION")
+    os.environ.setdefault("SLN_HARMONISATION", "none")
+    yield
+    if saved is None:
+        os.environ.pop("SLN_HARMONISATION", None)
+
+
 @pytest.fixture(scope="session")
 def free_tcp_port():
     """A function returning a free loopback port."""

@@ -34,6 +34,7 @@ Checked against ``neuroCombat`` 0.2.12 in tests/tasks/models/test_harmonise.py.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -88,7 +89,25 @@ def _priors(gamma_hat: np.ndarray, delta_hat: np.ndarray) -> dict[str, float]:
 
 
 def eb_estimates(s: np.ndarray, max_iter: int = 1000) -> tuple[np.ndarray, np.ndarray]:
-    """Shrunk (gamma*, delta*) of one batch from its standardised rows ``s`` (n x p)."""
+    """Shrunk (gamma*, delta*) of one batch from its standardised rows ``s`` (n x p).
+
+    A feature with fewer than two finite values in the batch (or none in the reference)
+    cannot be estimated: it keeps gamma 0 and delta 1 (left unchanged) and is left out of
+    the priors, so one empty feature cannot turn every other feature's estimate into NaN.
+    """
+    gamma, delta = np.zeros(s.shape[1]), np.ones(s.shape[1])
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: handled below
+        n_all = np.isfinite(s).sum(axis=0)
+        usable = (n_all >= 2) & np.isfinite(np.nanmean(s, axis=0))
+    if usable.sum() < 2:
+        return gamma, delta
+    gamma[usable], delta[usable] = _eb(s[:, usable], max_iter)
+    return gamma, delta
+
+
+def _eb(s: np.ndarray, max_iter: int) -> tuple[np.ndarray, np.ndarray]:
+    """neuroCombat's parametric EB iteration on features with finite estimates."""
     n = np.isfinite(s).sum(axis=0)
     gamma_hat = np.nanmean(s, axis=0)
     delta_hat = np.nanvar(s, axis=0, ddof=1)

@@ -16,6 +16,7 @@ SMALL_CNN = {
     "SLN_CNN_EPOCHS": "2",
     "SLN_CNN_BATCH_SIZE": "8",
     "SLN_CNN_FOLDS": "2",  # cross-fitted: the final CNN and two fold CNNs
+    "SLN_HARMONISATION": "auto",  # the default: every option fitted and compared
 }
 
 

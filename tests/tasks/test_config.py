@@ -34,6 +34,11 @@ def test_defaults():
     assert settings.radiomics_params == PROJECT_ROOT / "infra" / "radiomics.yaml"
     assert settings.shared_data == PROJECT_ROOT.parent / "shared" / "data"
     assert settings.n_workers >= 1
+    # Scanner harmonisation: every option compared by default, the normalised pass's params.
+    assert settings.harmonisation == "auto" and settings.combat_min_cases == 20
+    assert (
+        settings.radiomics_params_normalised == PROJECT_ROOT / "infra" / "radiomics-normalised.yaml"
+    )
 
 
 def test_settings_come_from_sln_variables(monkeypatch):

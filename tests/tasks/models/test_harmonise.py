@@ -77,3 +77,19 @@ def test_a_missing_site_column_is_a_clear_error():
     frame = _sites().drop(columns=SITE_COLUMN)
     with pytest.raises(ValueError, match="meta:site"):
         ComBat().fit(frame)
+
+
+def test_a_feature_without_values_at_a_site_leaves_the_others_harmonised():
+    """Real radiomics tables have features that are NaN for every case of a site (an empty
+    ring, a failed filter): that feature stays as it is; the others are still harmonised."""
+    rng = np.random.default_rng(3)
+    ref = pd.DataFrame(rng.normal(size=(40, 5)), columns=[f"hf:{i}" for i in range(5)])
+    new = pd.DataFrame(rng.normal(size=(30, 5)) * 2 + 3, columns=ref.columns)
+    new["hf:4"] = np.nan
+    X = pd.concat([ref.assign(**{SITE_COLUMN: "A"}), new.assign(**{SITE_COLUMN: "B"})])
+    X.index = range(len(X))
+    out = ComBat(columns_prefixes=("hf:",), min_cases=10).fit(X[X[SITE_COLUMN] == "A"]).transform(X)
+    b = out[out[SITE_COLUMN] == "B"]
+    assert b["hf:4"].isna().all()
+    assert np.isfinite(b[[f"hf:{i}" for i in range(4)]].to_numpy()).all()
+    assert (b[[f"hf:{i}" for i in range(4)]].mean().abs() < 0.5).all()  # moved onto A's scale
