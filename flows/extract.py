@@ -7,9 +7,23 @@ happen in the flow process (the single writer of the Delta tables), chunk by chu
 crash keeps everything finished before it. The plan is made once by the calling flow and
 kept in the store (:func:`tasks.features.plan.save_plan`): the subflow's parameters are the
 settings and the run id, never case rows or file paths.
+
+One run writes a store at a time: :func:`store_writer` takes the store's Prefect global
+concurrency limit (one slot, named from a hash of the store URI) around the extraction and
+its commits, so a nightly ``cohort`` and a ``backfill`` (or ``validate``'s embeddings) on
+one store, under ``sln serve`` or two ``sln run``, run one after the other: the second
+waits. The leases of :mod:`tasks.data.lease` keep rows single either way.
 """
 
 from __future__ import annotations
+
+import contextlib
+import dataclasses
+import hashlib
+import os
+import time
+from collections.abc import Iterator
+from contextvars import ContextVar
 
 import dask
 from prefect import flow, get_run_logger
@@ -127,14 +141,149 @@ def extract_features(settings: Settings, run_id: str) -> Totals:
     return commit_as_completed(submitted, store, run_id, work.window.force)
 
 
+# -- one writing run per store: a Prefect global concurrency limit -------------------------
+STORE_LIMIT_PREFIX = "sln-store-"
+# Prefect's minimum: a holder that died frees the slot within this (plus the server's
+# repossessor loop, 15 s); a live holder renews it every 3/4 of it.
+STORE_LEASE_SECONDS = 60.0
+# How long a run waits for the slot before going on without it (the table leases keep the
+# rows single; the slot only saves work). Prefect's server keeps slot leases in memory by
+# default: a server restart while a run holds the slot leaves the slot counted but
+# unleased, never freed; this bound keeps such a stuck slot from stopping every night.
+STORE_WAIT_SECONDS = 6 * 3600.0
+_HELD: ContextVar[frozenset[str]] = ContextVar("sln_store_writer", default=frozenset())
+
+
+def store_limit_name(store_uri: str) -> str:
+    """The store's concurrency limit: a short hash of its URI (an absolute path for a
+    folder, no trailing slash), so one store has one name and no path shows in Prefect."""
+    uri = str(store_uri).rstrip("/")
+    if "://" not in uri:
+        uri = os.path.abspath(uri)
+    return STORE_LIMIT_PREFIX + hashlib.sha256(uri.encode()).hexdigest()[:16]
+
+
+def _ensure_limit(name: str) -> None:
+    """Create the store's one-slot limit when missing (Prefect does not: a missing limit
+    would be no limit). Two first runs may race to create it: the loser's create fails
+    and it reads the winner's."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+    from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            if client.read_global_concurrency_limit_by_name(name).limit >= 1:
+                return
+        except ObjectNotFound:
+            with contextlib.suppress(ObjectAlreadyExists):
+                client.create_global_concurrency_limit(
+                    GlobalConcurrencyLimitCreate(name=name, limit=1)
+                )
+                return
+        client.upsert_global_concurrency_limit_by_name(name, 1)
+
+
+@contextlib.contextmanager
+def store_writer(store_uri: str, timeout: float | None = None) -> Iterator[float]:
+    """Hold the store's one writing slot for the block (waiting up to ``timeout`` seconds,
+    None: as long as it takes); yields the seconds waited. Re-entrant in one run (a flow
+    holding it may call :func:`run_extraction`, which takes it too)."""
+    name = store_limit_name(store_uri)
+    if name in _HELD.get():
+        yield 0.0
+        return
+    from prefect.concurrency.sync import concurrency
+
+    _ensure_limit(name)
+    started = time.monotonic()
+    with concurrency(
+        name,
+        occupy=1,
+        timeout_seconds=timeout,
+        lease_duration=STORE_LEASE_SECONDS,
+        strict=True,
+        raise_on_lease_renewal_failure=False,  # a Prefect restart must not kill a commit
+    ):
+        waited = time.monotonic() - started
+        token = _HELD.set(_HELD.get() | {name})
+        try:
+            yield waited
+        finally:
+            _HELD.reset(token)
+
+
+@contextlib.contextmanager
+def _writing_slot(store_uri: str, timeout: float = STORE_WAIT_SECONDS) -> Iterator[float]:
+    """The store's writing slot, or after ``timeout`` a warning and no slot; yields the
+    seconds waited for it."""
+    from prefect.exceptions import MissingContextError
+    from prefect.logging import get_logger
+
+    try:
+        logger = get_run_logger()
+    except MissingContextError:  # called outside a flow run
+        logger = get_logger("flows.extract")
+    with contextlib.ExitStack() as stack:
+        waited = 0.0
+        try:
+            waited = stack.enter_context(store_writer(store_uri, timeout))
+        except TimeoutError:
+            logger.warning(
+                "another run has held this store's writing slot (%s) for %.0f s: going on "
+                "without it (the table leases keep every row single)",
+                store_limit_name(store_uri),
+                timeout,
+            )
+        else:
+            if waited > 1.0:
+                logger.info("waited %.0f s for another run writing this store", waited)
+        yield waited
+
+
+def still_to_do(work: WorkPlan, store: FeatureStore, settings: Settings) -> WorkPlan:
+    """``work`` less the radiomics cases another run stored since it was planned (after a
+    wait for the store's slot): the waiting run does not extract them again. Embeddings
+    stay as planned (their crop size needs the model); a forced window keeps every case."""
+    if not work.radiomics or not work.radiomics.todo or work.window.force:
+        return work
+    import pandas as pd
+
+    from tasks.data.tables import RADIOMICS
+    from tasks.features.plan import Plan, plan_cases
+    from tasks.features.radiomics import params_hash
+
+    phash = params_hash(work.params or {}, ring_mm=settings.ring_mm, ring_px=settings.ring_px)
+    stored = store.read(RADIOMICS, columns=list(RADIOMICS.keys))
+    planned = work.radiomics
+    left = plan_cases(
+        pd.DataFrame(planned.todo),
+        stored,
+        "params_hash",
+        phash,
+        work.window,
+        settings.perturb_repeats,
+    )
+    done = len(planned.todo) - len(left.todo)
+    radiomics = Plan(todo=left.todo, skipped=planned.skipped + done, window=planned.window)
+    return dataclasses.replace(work, radiomics=radiomics)
+
+
 def run_extraction(work: WorkPlan, settings: Settings, run_id: str) -> Totals:
-    """Run a plan on Dask; the cluster starts only when the plan has work for it."""
+    """Run a plan on Dask; the cluster starts only when the plan has work for it. Holds
+    the store's writing slot (:func:`store_writer`) from before the cluster starts to the
+    last commit."""
     if not work.has_work:
         return empty_totals()
     store = FeatureStore(settings.store)
-    save_plan(store, run_id, work)
-    try:
-        runner = task_runner(settings)
-        return extract_features.with_options(task_runner=runner)(settings, run_id)
-    finally:
-        drop_plan(store, run_id)
+    with _writing_slot(settings.store) as waited:
+        if waited > 1.0:  # another run wrote this store meanwhile: what is left to do
+            work = still_to_do(work, store, settings)
+            if not work.has_work:
+                return empty_totals()
+        save_plan(store, run_id, work)
+        try:
+            runner = task_runner(settings)
+            return extract_features.with_options(task_runner=runner)(settings, run_id)
+        finally:
+            drop_plan(store, run_id)

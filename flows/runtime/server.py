@@ -33,6 +33,9 @@ def healthy(url: str, timeout: float = 2.0) -> bool:
         return False
 
 
+LEASE_STORAGE = "prefect.server.concurrency.lease_storage.filesystem"
+
+
 def server_env(home: Path) -> dict[str, str]:
     env = dict(os.environ)
     env.update(
@@ -40,6 +43,10 @@ def server_env(home: Path) -> dict[str, str]:
         PREFECT_SERVER_ANALYTICS_ENABLED="false",
         PREFECT_UI_ENABLED=env.get("PREFECT_UI_ENABLED", "true"),
     )
+    # Concurrency-slot leases on disk, not in memory: a server restarted while a run holds a
+    # store's writer slot (flows/extract.py:store_writer) would otherwise keep it taken for
+    # good (measured: tests/reliability/test_store_writer.py).
+    env.setdefault("PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE", LEASE_STORAGE)
     # The server must not point at itself through an inherited client setting.
     env.pop("PREFECT_API_URL", None)
     return env

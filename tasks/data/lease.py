@@ -8,15 +8,24 @@ the same host, a lease whose process is gone); the next writer breaks it: on S3 
 overwrite conditional on the dead lease's ETag (only one breaker wins), locally by
 renaming it aside and checking that the renamed lease is the dead one. Leases are held
 only around a key read and its commit (seconds), so the expiry is generous.
+
+A held lease is renewed: a heartbeat thread rewrites it with a fresh expiry every third of
+its TTL (on S3 conditional on its ETag, so a renewal never overwrites another writer's
+lease; locally by an atomic replace, after checking it is still ours and unexpired), so a
+commit longer than the TTL (a MERGE on a huge table) keeps it. The heartbeat stops when the
+``with`` block ends and before the lease is removed; a holder that dies or hangs (stopped,
+swapped out) stops renewing, and its lease expires one TTL after the last renewal.
 """
 
 from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import random
 import socket
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -28,6 +37,9 @@ from tasks.data import uris
 
 TTL_SECONDS = 600.0
 WAIT_SECONDS = 1800.0
+RENEWALS_PER_TTL = 3  # a lease is renewed every TTL / 3: two renewals may fail or be late
+
+logger = logging.getLogger(__name__)
 
 
 class LeaseTimeout(TimeoutError):
@@ -148,14 +160,75 @@ def _break(uri: str, dead: Holder, body: bytes) -> str | None:
     except FileNotFoundError:
         return None
     moved = _read(aside)
-    if moved is not None and moved.token != dead.token:
-        # A live lease was created between our read and the rename: put it back.
+    if moved is not None and (moved.token, moved.expires) != (dead.token, dead.expires):
+        # (A renewal since our read changes the expiry: the holder is alive after all.)
+        # A live lease was created (or renewed) between our read and the rename: put it
+        # back.
         with contextlib.suppress(FileExistsError):
             os.link(aside, path)
         os.unlink(aside)
         return None
     os.unlink(aside)
     return _create(uri, body)
+
+
+def _renew(uri: str, token: str, etag: str, ttl: float, expires: float) -> str | None:
+    """Rewrite our lease with a fresh expiry; its new ETag ("" locally), or None when it
+    is no longer ours (broken after it expired, or gone): then we stop renewing it."""
+    body = _body(token, ttl)
+    if _remote(uri):
+        fs, path = fsspec.core.url_to_fs(uri)
+        try:
+            out = fs.pipe_file(path, body, IfMatch=etag)
+        except (OSError, FileExistsError):  # 412: replaced since our last write
+            current = _read(uri)  # (or our PUT landed and its answer was lost)
+            if current is None or current.token != token:
+                return None
+            return current.etag or ""
+        fs.invalidate_cache(path)
+        return (out or {}).get("ETag") or fs.info(path, refresh=True).get("ETag") or ""
+    path = _local(uri)
+    current = _read(uri)
+    if current is None or current.token != token or expires < time.time():
+        return None  # expired: another writer may be breaking it now; never write over it
+    tmp = f"{path}.{token}.renew"
+    with open(tmp, "wb") as handle:
+        handle.write(body)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    return ""
+
+
+class _Heartbeat(threading.Thread):
+    """Renews a held lease every ``ttl / RENEWALS_PER_TTL`` seconds until stopped."""
+
+    def __init__(self, uri: str, token: str, etag: str, ttl: float, what: str) -> None:
+        super().__init__(name=f"lease-heartbeat-{token[:8]}", daemon=True)
+        self.uri, self.token, self.etag, self.ttl, self.what = uri, token, etag, ttl, what
+        self.expires = time.time() + ttl
+        self.halt = threading.Event()
+        self.lost = False
+        self.renewals = 0
+
+    def run(self) -> None:
+        while not self.halt.wait(self.ttl / RENEWALS_PER_TTL):
+            expires = time.time() + self.ttl
+            try:
+                etag = _renew(self.uri, self.token, self.etag, self.ttl, self.expires)
+            except OSError as exc:  # a storage hiccup: the next beat tries again
+                logger.warning("%s: lease renewal failed (%s); retrying", self.what, exc)
+                continue
+            if etag is None:
+                self.lost = True
+                logger.error("%s: the lease expired and was taken over while held", self.what)
+                return
+            self.etag, self.expires = etag, expires
+            self.renewals += 1
+
+    def stop(self) -> None:
+        self.halt.set()
+        self.join()
 
 
 def _release(uri: str, token: str, etag: str) -> None:
@@ -179,7 +252,9 @@ def lease(
 ) -> Iterator[None]:
     """Hold the lease at ``uri`` for the ``with`` block; wait for it up to ``wait`` seconds.
 
-    ``what`` names the store and table in the timeout's message.
+    ``what`` names the store and table in the timeout's message. While held, the lease is
+    renewed every ``ttl / 3`` seconds (a heartbeat thread), so a block longer than ``ttl``
+    keeps it; a holder that dies or hangs loses it ``ttl`` after its last renewal.
     """
     token = uuid.uuid4().hex
     deadline = time.monotonic() + wait
@@ -208,7 +283,10 @@ def lease(
                 delay = min(delay * 2, 2.0)
                 continue
         break
+    heartbeat = _Heartbeat(uri, token, etag, ttl, what)
+    heartbeat.start()
     try:
         yield
     finally:
-        _release(uri, token, etag)
+        heartbeat.stop()  # before the release: no renewal may recreate a removed lease
+        _release(uri, token, heartbeat.etag)

@@ -11,10 +11,12 @@ one. Writes nothing.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import PurePosixPath
 from typing import Any
@@ -35,7 +37,31 @@ from tasks.data.schema import (
 
 # ITU-R BT.601 luma weights, as PIL's "L" mode: the grey a scanner's RGB export came from.
 LUMA = np.array([0.299, 0.587, 0.114])
-DEFAULT_LIMITS = Limits.defaults()  # extraction's, until the flows pass the run's own
+DEFAULT_LIMITS = Limits.defaults()  # outside any run's :func:`image_limits` scope
+# The run's header limits (``Limits.of(settings)``), set by the extraction and embedding
+# tasks for the cases they read: a per-thread (per-context) value, so every image a task
+# reads, however deep, is checked against the run's ``SLN_MAX_IMAGE_*`` / ``SLN_MAX_FRAMES``.
+_LIMITS: ContextVar[Limits] = ContextVar("sln_image_limits", default=DEFAULT_LIMITS)
+
+
+@contextlib.contextmanager
+def image_limits(limits: Limits | None) -> Iterator[Limits]:
+    """Check every image read inside the block against ``limits`` (None: keep the
+    limits in force). The extraction and embedding tasks wrap their cases in
+    ``image_limits(Limits.of(settings))``."""
+    if limits is None:
+        yield _LIMITS.get()
+        return
+    token = _LIMITS.set(limits)
+    try:
+        yield limits
+    finally:
+        _LIMITS.reset(token)
+
+
+def current_limits() -> Limits:
+    """The header limits in force here (:func:`image_limits`; default the settings')."""
+    return _LIMITS.get()
 
 
 class InputError(ValueError):
@@ -84,16 +110,17 @@ def read_image(
     """Read an image from a local path or an fsspec URI (object stores via a temp copy).
 
     The header is read and checked first (:mod:`tasks.data.headers`: size, frames and
-    channels against ``limits``, default the settings' defaults; the file whole): a file
-    over a limit or cut short raises :class:`~tasks.data.headers.HeaderError` before any
-    pixel is decoded. A DICOM file gives one 2D frame as a PNG would (grey or RGB;
-    ``frame`` is the manifest's 1-based ``frame_col`` value, needed for a cine loop), a
-    DICOM SEG its lesion mask for that frame: :func:`tasks.data.dicom.read_pixels`. Other
-    files ignore ``frame``. ``at_ingest``: a DICOM cine loop over ``max_frames`` is
-    refused too (ingest decides which loops the pipeline takes; extraction decodes one
-    frame). Filesystem errors (``OSError`` with an errno) propagate.
+    channels against ``limits``, default those in force, :func:`image_limits`; the file
+    whole): a file over a limit or cut short raises
+    :class:`~tasks.data.headers.HeaderError` before any pixel is decoded. A DICOM file
+    gives one 2D frame as a PNG would (grey or RGB; ``frame`` is the manifest's 1-based
+    ``frame_col`` value, needed for a cine loop), a DICOM SEG its lesion mask for that
+    frame: :func:`tasks.data.dicom.read_pixels`. Other files ignore ``frame``.
+    ``at_ingest``: a DICOM cine loop over ``max_frames`` is refused too (ingest decides
+    which loops the pipeline takes; extraction decodes one frame). Filesystem errors
+    (``OSError`` with an errno) propagate.
     """
-    limits = limits or DEFAULT_LIMITS
+    limits = limits or _LIMITS.get()
     if dicom.is_dicom(str(uri)):
         headers.check(headers.dicom_info(dicom.read_header(str(uri))), limits, at_ingest)
         array = dicom.read_pixels(str(uri), frame, frame_col)

@@ -38,6 +38,7 @@ from tasks.features.imaging import (
     Region,
     case_regions,
     error_reason,
+    image_limits,
     storage_error,
 )
 from tasks.features.plan import ChunkResult, CommitCounts, Plan, Window, commit_chunk, plan_cases
@@ -352,6 +353,30 @@ def extract_cases(
     return rows, failures
 
 
+def extract_chunk(
+    chunk: Sequence[Mapping[str, Any]],
+    params: Mapping[str, Any],
+    settings: Settings,
+    log: Logger | None = None,
+) -> ChunkResult:
+    """A chunk of cases with the run's settings: ring widths, perturbed repeats, and the
+    run's header limits (``SLN_MAX_IMAGE_*``, ``SLN_MAX_FRAMES``) on every file read, as
+    at ingest (:func:`~tasks.features.imaging.image_limits`)."""
+    from tasks.data.headers import Limits
+
+    started = time.perf_counter()
+    with image_limits(Limits.of(settings)):
+        rows, failures = extract_cases(
+            chunk,
+            params,
+            settings.ring_mm,
+            settings.ring_px,
+            log=log,
+            perturb=settings.perturb_repeats,
+        )
+    return ChunkResult(rows, failures, time.perf_counter() - started)
+
+
 # -- store side: plan and commit (run in the flow process, the single writer) ---------------
 def current_params_hash(settings: Settings) -> str:
     """The params hash rows extracted with the current settings carry."""
@@ -393,13 +418,4 @@ def extract_chunk_task(
 ) -> ChunkResult:
     """One Dask task: a chunk of cases, progress to the Prefect run log."""
     limit_threads()
-    started = time.perf_counter()
-    rows, failures = extract_cases(
-        chunk,
-        params,
-        settings.ring_mm,
-        settings.ring_px,
-        log=get_run_logger(),
-        perturb=settings.perturb_repeats,
-    )
-    return ChunkResult(rows, failures, time.perf_counter() - started)
+    return extract_chunk(chunk, params, settings, get_run_logger())

@@ -82,12 +82,20 @@ def test_two_cohort_runs_at_once_store_every_key_once(
     else:
         store = f"{request.getfixturevalue('s3_bucket')}/store"
     args = ["run", str(tiny_cohort), "--store", store, "--workers", "1", "--chunk-size", "2"]
+    args += ["--verbose"]  # the INFO line of a wait for the store's writing slot
     logs = [tmp_path / "a.log", tmp_path / "b.log"]
     procs = [sln(args, RADIOMICS_ONLY, log) for log in logs]
     codes = [_finish(p) for p in procs]
-    assert codes == [0, 0], [log.read_text()[-3000:] for log in logs]
+    texts = [log.read_text() for log in logs]
+    assert codes == [0, 0], [text[-3000:] for text in texts]
     counts = assert_every_case_once(store)
     assert counts["cohort"] == 8
+    # The store's writing slot (flows.extract.store_writer): the second run's extraction
+    # waited for the first's, so it extracted nothing twice at the same time.
+    waits = ["for another run writing this store" in text for text in texts]
+    assert sum(waits) == 1, waits
+    # ... and then extracted none of the cases the first had stored meanwhile.
+    assert sorted("cases_new: 0" in text for text in texts) == [False, True]
 
 
 def _rerun_once(proc, args, env, log) -> tuple[int, int]:

@@ -22,7 +22,7 @@ import SimpleITK as sitk
 import torch
 import torch.nn.functional as F
 
-from tasks.data import dicom, uris
+from tasks.data import dicom, headers, uris
 from tasks.data.schema import GENERATED_VARIANTS, MASK_VARIANTS, case_variants, perturbed_mask_sha
 from tasks.features.imaging import (
     InputError,
@@ -31,6 +31,7 @@ from tasks.features.imaging import (
     case_value,
     error_reason,
     read_image,
+    storage_error,
     to_grey,
     variant_mask,
 )
@@ -143,12 +144,18 @@ def _unit(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
 
 
 def _read_frame(case: Mapping[str, Any], column: str) -> sitk.Image:
-    """The 2D frame of a row's image file as stored (colour kept: CDUS needs it)."""
+    """The 2D frame of a row's image file as stored (colour kept: CDUS needs it), its
+    header checked against the limits in force (the embedding task sets the run's:
+    :func:`~tasks.features.imaging.image_limits`). A storage failure (vanished, EIO)
+    propagates for the task's retry, as in radiomics; a bad file is an InputError."""
     uri = str(case[column])
     try:
         return as_2d(read_image(uri, *case_frame(case, column)))
     except (RuntimeError, ValueError, OSError) as exc:
-        raise InputError(uri, f"unreadable image: {error_reason(exc)}", column) from exc
+        if storage_error(exc):
+            raise  # the storage, not the file: never quarantined as bad input
+        reason = exc.reason if isinstance(exc, headers.HeaderError) else error_reason(exc)
+        raise InputError(uri, f"unreadable image: {reason}", column) from exc
 
 
 def _bmus_array(image: sitk.Image) -> tuple[np.ndarray, sitk.Image]:
@@ -176,6 +183,8 @@ def _regions(case: Mapping[str, Any], column: str) -> dicom.Header | None:
     try:
         header = dicom.read_header(str(uri))
     except (dicom.DicomError, OSError) as exc:
+        if storage_error(exc):
+            raise
         raise InputError(str(uri), f"unreadable image: {error_reason(exc)}", column) from exc
     return header if header.regions else None
 

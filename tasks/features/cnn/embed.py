@@ -23,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.config import Settings
 from tasks.data import uris
+from tasks.data.headers import Limits
 from tasks.data.store import FeatureStore
 from tasks.data.tables import EMBEDDINGS
 from tasks.features.cnn.checkpoints import model_for
@@ -44,7 +45,7 @@ from tasks.features.cnn.runtime import (
     worker_name,
 )
 from tasks.features.cnn.start import resolve_start, start_weights
-from tasks.features.imaging import InputError, error_reason
+from tasks.features.imaging import InputError, error_reason, image_limits
 from tasks.features.plan import (
     ChunkResult,
     CommitCounts,
@@ -128,7 +129,8 @@ def embed_cases(
     Raises
     ------
     InputError
-        A file of a case cannot be used.
+        A file of a case cannot be used (a header over the run's limits included:
+        ``settings.max_image_*``, ``max_frames``).
     ValueError
         A dual-stream model and a case without a CDUS image.
     """
@@ -167,12 +169,13 @@ def embed_cases(
                 len(rows) / max(elapsed, 1e-9),
             )
 
-    for case in cases:
-        crops = case_crops(case, None, size, margin, model.dual, perturb=perturb)
-        for variant, (bmus, cdus) in crops.items():
-            pending.append((case, variant, bmus, cdus))
-            if len(pending) == batch:
-                flush()
+    with image_limits(Limits.of(settings)):  # the run's header limits, as at ingest
+        for case in cases:
+            crops = case_crops(case, None, size, margin, model.dual, perturb=perturb)
+            for variant, (bmus, cdus) in crops.items():
+                pending.append((case, variant, bmus, cdus))
+                if len(pending) == batch:
+                    flush()
     if pending:
         flush()
     return rows
