@@ -44,9 +44,11 @@ test: $(STAMP) lint
 test-fast: $(STAMP)
 	$(BIN)/pytest -m "not slow"
 
-# The ingest fuzz test at full size (CI runs it smaller inside `make test`).
+# The fuzz tests at full size (manifests + image bytes, CSV manifests, DICOM bytes; CI runs
+# them smaller inside `make test`).
 fuzz: $(STAMP)
-	SLN_FUZZ_CASES=10000 $(BIN)/pytest tests/reliability/test_fuzz.py -p no:randomly -q
+	SLN_FUZZ_CASES=10000 $(BIN)/pytest tests/reliability/test_fuzz.py tests/reliability/test_fuzz_csv_dicom.py \
+	  -p no:randomly -q
 
 # The main job on the embedded defaults: synthetic cohort -> cohort flow (local Prefect
 # server, LocalCluster) -> store under $(STORE).
@@ -120,10 +122,12 @@ demo-busbra: $(STAMP)
 
 # Radiomics: sln run vs the bare per-region pyradiomics loop vs pyradiomics' CLI (ICC and
 # reader-1 workloads, one run, same inputs) plus the profile table; then the CNN benchmark.
-# The radiomics tables are written into BENCHMARKS.md. Run on a quiet machine.
+# The radiomics tables are written into BENCHMARKS.md. Run on a quiet machine. Then what the
+# orchestration costs: per-process memory and CPU of `sln run`, Prefect's CPU per task.
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench.bench_radiomics --cases $(or $(CASES),400) --datasets busbra \
 	  --out bench-out --write
+	$(BIN)/python -m tests.bench.orchestration --cases 12 --tasks 100 --write
 	$(BIN)/python -m tests.bench.bench_embedding --cases 200 --size 224 --out bench-out
 
 # Growing synthetic cohorts (radiomics only) and a store of 100,000 synthesised cases:

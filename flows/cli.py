@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sys
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -15,15 +14,17 @@ from tasks.config import Settings
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
 
-def _setup_logging() -> None:
-    logging.basicConfig(
-        level=logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-    # Progress lines are ours and Prefect's; HTTP and cluster chatter stay out of the way.
-    for noisy in ("httpx", "distributed", "distributed.nanny", "distributed.scheduler"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+def _setup_logging(verbose: bool = True) -> None:
+    """INFO lines on stderr with ``verbose``; else warnings only, the flow commands showing
+    progress bars instead (:mod:`flows.runtime.console`). The Prefect UI keeps every log."""
+    from flows.runtime.console import setup_logging
+
+    setup_logging(verbose)
+
+
+VERBOSE = typer.Option(
+    False, "--verbose", "-v", help="Print every INFO log line (Prefect, Dask, the steps)"
+)
 
 
 def _settings(**overrides: object) -> Settings:
@@ -131,15 +132,18 @@ def run(
     exam_from: str = typer.Option(None, "--from", help="Only exams on/after this ISO date"),
     exam_to: str = typer.Option(None, "--to", help="Only exams on/before this ISO date"),
     force: bool = typer.Option(False, help="Re-extract the window, replacing stored rows"),
+    verbose: bool = VERBOSE,
 ) -> None:
     """Run the cohort flow: ingest, then radiomics (and embeddings) on Dask workers."""
-    _setup_logging()
+    _setup_logging(verbose)
     from flows.cohort import cohort
+    from flows.runtime.console import progress
 
     settings = _settings(store=store, n_workers=workers, chunk_size=chunk_size)
-    summary = _with_api(
-        lambda: cohort(manifest, settings, exam_from=exam_from, exam_to=exam_to, force=force)
-    )
+    with progress(verbose):
+        summary = _with_api(
+            lambda: cohort(manifest, settings, exam_from=exam_from, exam_to=exam_to, force=force)
+        )
     _print(summary)
 
 
@@ -169,13 +173,17 @@ def retrain(
     store: str = typer.Option(None, help="Store root"),
     workers: int = typer.Option(None, help="Local Dask process workers"),
     promote: bool = typer.Option(True, help="Allow promotion to champion"),
+    verbose: bool = VERBOSE,
 ) -> None:
     """Fine-tune the CNN, fit the three models, evaluate, register, maybe promote."""
-    _setup_logging()
+    _setup_logging(verbose)
     from flows.retrain import retrain as retrain_flow
+    from flows.runtime.console import progress
 
     settings = _settings(store=store, n_workers=workers)
-    _print(_with_api(lambda: retrain_flow(settings, promote)))
+    with progress(verbose):
+        summary = _with_api(lambda: retrain_flow(settings, promote))
+    _print(summary)
 
 
 @app.command()
@@ -183,9 +191,10 @@ def validate(
     store: str = typer.Option(None, help="Store root"),
     auc_floor: float = typer.Option(None, help="Fail when the champion's AUC is below this"),
     workers: int = typer.Option(None, help="Local Dask process workers"),
+    verbose: bool = VERBOSE,
 ) -> None:
     """Score the champion on the current cohort, write predictions and a report."""
-    _setup_logging()
+    _setup_logging(verbose)
     from flows.validate import validate as validate_flow
 
     settings = _settings(store=store, n_workers=workers, auc_floor=auc_floor)
@@ -206,20 +215,29 @@ def demo(
     seed: int = typer.Option(0),
     cnn_size: int = typer.Option(112, help="CNN input size (224 on a GPU; smaller on CPU)"),
     epochs: int = typer.Option(6, help="CNN fine-tuning epochs"),
+    verbose: bool = VERBOSE,
 ) -> None:
     """The main job on the embedded defaults: synthesise -> cohort -> retrain -> validate."""
     import os
 
-    _setup_logging()
+    _setup_logging(verbose)
     from flows.cohort import cohort
     from flows.retrain import retrain as retrain_flow
+    from flows.runtime.console import progress
     from flows.validate import validate as validate_flow
     from tasks.data.sources.synthetic import generate_cohort
 
     manifest = out / "manifest.csv"
     if not manifest.exists():
         typer.echo(f"synthesising {patients} patients into {out} ...")
-        generate_cohort(out, n_patients=patients, seed=seed, preview=True)
+        with progress(verbose) as bars:
+            generate_cohort(
+                out,
+                n_patients=patients,
+                seed=seed,
+                preview=True,
+                progress=bars and (lambda done, total: bars.update("synthesise", done, total)),
+            )
     # CPU defaults for the demo, unless the environment sets them.
     cpu = {"cnn_size": cnn_size, "cnn_epochs": epochs}
     settings = _settings(
@@ -239,7 +257,8 @@ def demo(
         state = validate_flow(settings, return_state=True)
         return state.result(raise_on_failure=False)
 
-    summary = _with_api(pipeline)
+    with progress(verbose):
+        summary = _with_api(pipeline)
     if isinstance(summary, dict):
         _print(summary)
         typer.echo(f"report: {summary['report']}")
@@ -262,13 +281,17 @@ def backfill(
     store: str = typer.Option(None, help="Store root"),
     force: bool = typer.Option(False, help="Re-extract the window, MERGE-replacing rows"),
     manifest: str = typer.Option(None, help="Ingest this manifest first (optional)"),
+    verbose: bool = VERBOSE,
 ) -> None:
     """Extract features for cases examined in a date window (idempotent)."""
-    _setup_logging()
+    _setup_logging(verbose)
     from flows.cohort import backfill as backfill_flow
+    from flows.runtime.console import progress
 
     settings = _settings(store=store)
-    _print(_with_api(lambda: backfill_flow(exam_from, exam_to, settings, force, manifest)))
+    with progress(verbose):
+        summary = _with_api(lambda: backfill_flow(exam_from, exam_to, settings, force, manifest))
+    _print(summary)
 
 
 @app.command()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -94,3 +95,40 @@ def test_local_key_makes_one_private_key_file_per_store(tmp_path):
     before = key.read_bytes()
     CliRunner().invoke(app, ["local-key", "--store", str(store)])
     assert key.read_bytes() == before  # an existing key is never replaced
+
+
+@pytest.mark.slow
+def test_run_shows_progress_bars_not_log_walls_unless_verbose(tiny_cohort, tmp_path, prefect_api):
+    """``sln run`` as an operator sees it (stdout and stderr of the real command): a bar
+    line per stage and the summary; the INFO lines of Prefect and Dask (flow process and
+    workers) only with --verbose."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from flows.runtime.console import QUIET_ENV
+
+    sln = Path(sys.executable).parent / "sln"
+    env = {k: v for k, v in os.environ.items() if k not in QUIET_ENV}
+    env |= {"SLN_EMBED": "false", "PREFECT_API_URL": prefect_api}
+    outputs = {}
+    for verbose in (False, True):
+        cmd = [str(sln), "run", str(tiny_cohort), "--store", str(tmp_path / f"store-{verbose}")]
+        cmd += ["--workers", "1", *(["--verbose"] if verbose else [])]
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+        assert done.returncode == 0, done.stdout + done.stderr
+        outputs[verbose] = done.stdout + done.stderr
+
+    quiet = outputs[False].splitlines()
+    bars = [line for line in quiet if line.startswith("radiomics ")]
+    assert "8/8 cases 100%" in bars[-1] and "cases/s" in bars[-1], bars
+    assert any("0/8 cases" in line and "s left" in line for line in bars), bars
+    assert "cases_new: 8" in quiet
+    assert not [line for line in quiet if "INFO" in line]
+    assert len(quiet) < 40, outputs[False]
+
+    loud = outputs[True]
+    assert "INFO" in loud and "distributed.worker" in loud and "Finished in state" in loud
+    assert not [line for line in loud.splitlines() if line.startswith("radiomics ")]
+    assert "cases_new: 8" in loud

@@ -25,3 +25,68 @@ def test_cluster_without_gpu_worker_fails_fast():
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False) as cluster:
         with pytest.raises(RuntimeError, match="no worker with the GPU=1 resource"):
             check_gpu_workers(cluster.scheduler_address)
+
+
+# What a radiomics worker must never load: torch (with torchvision, triton and the CUDA
+# libraries it held about 1.15 GB per worker when flows/extract.py imported the CNN tasks at
+# module level), MLflow, matplotlib, scikit-learn.
+HEAVY = ("torch", "torchvision", "mlflow", "matplotlib", "sklearn")
+LEAN_WORKER_MB = 600  # issue 12: peak RSS per radiomics worker
+
+
+def _worker_report() -> dict:
+    import sys
+
+    import psutil
+
+    return {"modules": set(sys.modules), "rss_mb": psutil.Process().memory_info().rss / 2**20}
+
+
+def test_worker_imports_stay_lean_in_a_fresh_process():
+    """What a worker imports to run a radiomics chunk: the task's module, and the flow's
+    module (prefect-dask ships the flow run's context, flow included, with every task)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, distributed, prefect_dask, tasks.features.radiomics, flows.extract;"
+        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.slow
+def test_a_radiomics_worker_stays_lean_after_real_chunks(tiny_cohort, tmp_path, prefect_api):
+    """The real subflow runs radiomics chunks on a local cluster's workers; afterwards each
+    worker that ran one holds none of the heavy libraries and stays under 600 MB."""
+    from distributed import Client
+
+    from flows.extract import run_extraction
+    from tasks.config import Settings
+    from tasks.data.ingest import current_cohort, ingest
+    from tasks.data.store import FeatureStore
+    from tasks.data.tables import COHORT
+    from tasks.features.work import plan_work
+
+    with local_cluster(n_workers=2, gpu_workers=1) as cluster, Client(cluster) as client:
+        client.wait_for_workers(2, timeout=60)
+        settings = Settings(
+            store=str(tmp_path / "store"),
+            chunk_size=1,
+            cluster="address",
+            DASK_SCHEDULER_ADDRESS=cluster.scheduler_address,
+        )
+        store = FeatureStore(settings.store)
+        ingest(str(tiny_cohort), store, settings, "ingest")
+        work = plan_work(
+            current_cohort(store.read(COHORT)).head(4), store, settings, embeddings=False
+        )
+        assert run_extraction(work, settings, "lean")["radiomics"].cases == 4
+        reports = client.run(_worker_report)
+    ran = [r for r in reports.values() if "tasks.features.radiomics" in r["modules"]]
+    assert ran, "no worker ran a radiomics chunk"
+    for report in ran:
+        assert "flows.extract" in report["modules"]  # the flow's module is loaded there too
+        assert not [m for m in HEAVY if m in report["modules"]]
+        assert report["rss_mb"] < LEAN_WORKER_MB
