@@ -27,6 +27,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from tasks.config import Settings, code_version
+from tasks.data.headers import Limits
 from tasks.data.store import FeatureStore
 from tasks.features.cnn.augment import AUGMENTATION
 from tasks.features.cnn.checkpoints import DROPOUT, model_uri, save_model
@@ -48,7 +49,7 @@ from tasks.features.cnn.training_data import (
     early_stopping_fold,
     training_data_sha256,
 )
-from tasks.features.imaging import case_value
+from tasks.features.imaging import case_value, image_limits
 
 logger = logging.getLogger(__name__)
 
@@ -329,8 +330,9 @@ def finetune(
     n_pos = sum(int(case_value(c, "label")) for c in fit_rows)
     pos_weight = (len(fit_rows) - n_pos) / n_pos
     started = time.perf_counter()
-    fit = CropDataset(fit_rows, size, margin, train=True, dual=dual, seed=seed)
-    val = CropDataset(val_rows, size, margin, train=False, dual=dual)
+    with image_limits(Limits.of(settings)):  # the run's header limits, as at ingest
+        fit = CropDataset(fit_rows, size, margin, train=True, dual=dual, seed=seed)
+        val = CropDataset(val_rows, size, margin, train=False, dual=dual)
     out.info(
         "cnn fine-tune: %d fit + %d early-stopping cases, %s, %d px, on %s (cropped in %.1f s)",
         len(fit),

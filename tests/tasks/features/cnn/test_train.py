@@ -46,6 +46,17 @@ def test_finetune_refuses_rows_outside_the_training_split(tiny_cohort, tmp_path)
         finetune(rows, settings, FeatureStore(settings.store), "random")
 
 
+def test_finetune_reads_crops_under_the_run_s_header_limits(tiny_cohort, tmp_path):
+    """SLN_MAX_IMAGE_SIDE applies to fine-tuning's reads too, not only ingest's and
+    embedding's: images the defaults accept are refused before any pixel is decoded."""
+    from tasks.features.imaging import InputError
+
+    rows = cohort_rows(tiny_cohort)
+    settings = cnn_settings(tmp_path, max_image_side=32)
+    with pytest.raises(InputError, match="over max_image_side 32"):
+        finetune(rows, settings, FeatureStore(settings.store), "random")
+
+
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory) -> str:
     """A stand-in for ImageNet start weights: random, with batch-norm statistics measured.
