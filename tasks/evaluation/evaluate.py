@@ -55,7 +55,7 @@ from tasks.evaluation.results import (
 from tasks.evaluation.sites import per_site, site_drift
 from tasks.models.features import FeatureData, icc_source, load_features
 from tasks.models.pipelines import FittedModel
-from tasks.models.registry import load_bundle
+from tasks.models.registry import bundle_crossfit, load_bundle
 
 COMPARISONS = (("COMB", "ONLY_HF"), ("COMB", "ONLY_DF"))
 PROMOTION_SET = "testing"  # internal: the external validation set stays an independent test
@@ -389,7 +389,12 @@ def compare_with_champion(
         return Promotion(True, "no champion yet")
     bundle = load_bundle(current["mlflow_run_id"], settings, store)
     lineage = bundle["lineage"]
-    theirs = load_features(store, lineage["params_hash"], lineage["cnn_model_version"])
+    theirs = load_features(
+        store,
+        lineage["params_hash"],
+        lineage["cnn_model_version"],
+        crossfit=bundle_crossfit(bundle),  # its deep feature as it was fitted on
+    )
     return promotion_decision(
         candidate,
         data,

@@ -176,33 +176,56 @@ def _crossfit_map(store: FeatureStore, crossfit: Mapping[str, Any] | None) -> di
     return load_crossfit(store, crossfit)
 
 
+# The deep feature of cross-fitted runs. Independently fine-tuned CNNs do not share an
+# embedding space (measured on the demo: per-dimension correlation -0.03 between a fold
+# CNN's and the final CNN's embeddings of the same cases; a model fitted on fold-model
+# embeddings scored the final model's at external AUC 0.31), but they share their output
+# scale, the log-odds of the label: so with cross-fitting the deep feature is each row's
+# CNN logit (the model's head on its fused embedding), out-of-fold for training rows.
+DEEP_LOGIT = "df:cnn_logit"
+Head = tuple[np.ndarray, float]
+
+
+def _logits(vectors: pd.DataFrame, head: Head) -> pd.DataFrame:
+    weight, bias = head
+    return pd.DataFrame(
+        {DEEP_LOGIT: vectors.to_numpy(np.float64) @ weight + bias}, index=vectors.index
+    )
+
+
 def deep_matrix(
     embeddings: pd.DataFrame,
     cohort: pd.DataFrame,
     variant: str,
     model_version: str,
     mapping: Mapping[str, Any] | None = None,
+    heads: Mapping[str, Head] | None = None,
 ) -> pd.DataFrame:
-    """One mask variant's deep features: the cases of ``mapping`` from their fold model's
-    embeddings (never the final model's), every other case from ``model_version``'s."""
+    """One mask variant's deep features. Without ``mapping``: the fused embeddings of
+    ``model_version`` (``df:<i>``). With it (cross-fitting): one column, the CNN logit
+    (:data:`DEEP_LOGIT`; ``heads``: each model's output layer), from the fold model that
+    held it out for the map's cases (never the final model's), from ``model_version`` for
+    every other case."""
     final = embedding_matrix(
         embeddings[embeddings["model_version"] == model_version], cohort, variant
     )
     if mapping is None:
         return final
+    heads = heads or {}
+    parts = [] if final.empty else [_logits(final, heads[model_version])]
     assigned = pd.DataFrame(list(mapping["cases"].items()), columns=["case_id", "model_version"])
-    folded = embedding_matrix(
-        embeddings.merge(assigned, on=["case_id", "model_version"]), cohort, variant
-    )
-    others = final.loc[final.index.difference(pd.Index(assigned["case_id"]), sort=False)]
-    if others.empty or folded.empty:
-        return folded if others.empty else others
-    if list(others.columns) != list(folded.columns):
-        raise ValueError(
-            f"fold models' embeddings ({folded.shape[1]} values) and {model_version}'s "
-            f"({others.shape[1]}) differ in width"
+    if parts:
+        parts[0] = parts[0].loc[
+            parts[0].index.difference(pd.Index(assigned["case_id"]), sort=False)
+        ]
+    for fold_model, cases in assigned.groupby("model_version"):
+        folded = embedding_matrix(
+            embeddings.merge(cases, on=["case_id", "model_version"]), cohort, variant
         )
-    return pd.concat([others, folded])
+        if not folded.empty:
+            parts.append(_logits(folded, heads[fold_model]))
+    parts = [p for p in parts if not p.empty]
+    return pd.concat(parts) if parts else pd.DataFrame()
 
 
 def _check_folded(
@@ -228,8 +251,13 @@ def _check_folded(
 def deep_lineage(crossfit: Mapping[str, Any] | None, mapping: dict | None) -> dict[str, Any]:
     """Which CNNs gave the training rows' deep features (the report says which)."""
     if mapping is None:
-        return {"mode": "in-sample", "folds": None, "fold_models": []}
-    out = {"mode": "crossfit", "folds": mapping["folds"], "fold_models": mapping["fold_models"]}
+        return {"mode": "in-sample", "folds": None, "fold_models": [], "feature": "embedding"}
+    out = {
+        "mode": "crossfit",
+        "folds": mapping["folds"],
+        "fold_models": mapping["fold_models"],
+        "feature": "logit",
+    }
     if crossfit and "mapping" in crossfit:
         out["mapping"] = crossfit["mapping"]
     return out
@@ -241,14 +269,17 @@ def load_features(
     model_version: str,
     versions: dict[str, int | None] | None = None,
     crossfit: Mapping[str, Any] | None = None,
+    heads: Mapping[str, Head] | None = None,
 ) -> FeatureData:
     """Matrices for every current case that has both feature families, pinned to table
     ``versions`` (default: the latest) so a model records exactly what it read.
 
     ``crossfit``: the CNN meta's ``crossfit`` summary (or the map itself); in cross-fit mode
-    the deep columns of the map's (training) cases come from the fold model that held each
-    out, every other case's from ``model_version``. None or ``in-sample``: all from
-    ``model_version``. ``lineage["deep_features"]`` says which.
+    the deep feature is the CNN logit (:data:`DEEP_LOGIT`, see :func:`deep_matrix`), of the
+    fold model that held each of the map's (training) cases out, of ``model_version`` for
+    every other case. None or ``in-sample``: the fused embeddings of ``model_version``.
+    ``lineage["deep_features"]`` says which. ``heads``: the models' output layers (default:
+    read from their checkpoints in the store).
 
     Raises
     ------
@@ -263,11 +294,15 @@ def load_features(
     embeddings = store.read(EMBEDDINGS, version=versions["embeddings"])
     models = {model_version, *(mapping["fold_models"] if mapping else ())}
     embeddings = embeddings[embeddings["model_version"].isin(models)]
+    if mapping is not None and heads is None:
+        from tasks.features.cnn.checkpoints import model_head  # torch: cross-fitted CNNs only
+
+        heads = {version: model_head(store, version) for version in sorted(models)}
     X: dict[str, pd.DataFrame] = {}
     sites = cohort.set_index("case_id")["site"].astype("string").fillna("").astype(str)
     for variant in (*MASK_VARIANTS, *GENERATED_VARIANTS):
         hf = radiomics_matrix(radiomics, cohort, variant)
-        df = deep_matrix(embeddings, cohort, variant, model_version, mapping)
+        df = deep_matrix(embeddings, cohort, variant, model_version, mapping, heads)
         if mapping is not None and variant == "reader1":
             _check_folded(df, cohort, mapping, model_version)
         if hf.empty or df.empty:

@@ -124,8 +124,9 @@ def _deep_mode(deep: dict[str, Any] | None) -> str:
             else "training rows' embedding mode not recorded"
         )
     return (
-        f"training rows cross-fitted: each embedded by the one of {deep.get('folds')} fold "
-        "CNNs (grouped by patient) that never saw it; other rows by the final CNN"
+        f"cross-fitted CNN logit: each training row's from the one of {deep.get('folds')} "
+        "fold CNNs (grouped by patient) that never saw it, other rows' from the final CNN "
+        "(fine-tuned CNNs share their output scale, not their embedding space)"
     )
 
 

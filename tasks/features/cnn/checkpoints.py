@@ -12,6 +12,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+import numpy as np
 import torch
 
 from tasks.config import Settings
@@ -46,6 +47,14 @@ def _read_checkpoint(uri: str) -> Any:
     with uris.open_file(uri) as handle:
         data = handle.read()
     return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+def model_head(store: FeatureStore, version: str) -> tuple[np.ndarray, float]:
+    """The output layer of fine-tuned model ``version``: (weights over the fused
+    embedding, bias), so that ``fused @ weights + bias`` is the model's logit."""
+    state = _read_checkpoint(model_uri(store, version))["state_dict"]
+    weight = state["head.weight"].double().numpy().ravel()
+    return weight, float(state["head.bias"].double().item())
 
 
 def _fine_tuned_meta(checkpoint: Any) -> dict | None:

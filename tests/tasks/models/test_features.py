@@ -196,8 +196,17 @@ CROSSFIT_MAP = {
 }
 
 
-def test_load_features_takes_the_fold_models_embeddings_for_the_mapped_cases(tmp_path):
+# Each model's output layer over the 4-value test vectors: (weights, bias).
+HEADS = {
+    "m": (np.full(4, 0.5), 1.0),
+    "f1": (np.full(4, 1.0), 0.0),
+    "f2": (np.full(4, 2.0), -1.0),
+}
+
+
+def test_load_features_takes_the_fold_models_logit_for_the_mapped_cases(tmp_path):
     from tasks.features.cnn.crossfit import save_crossfit
+    from tasks.models.features import DEEP_LOGIT
 
     store, cohort = _store_with_features(tmp_path, repeats=True)
     _with_fold_embeddings(store, cohort, CROSSFIT_MAP["cases"])
@@ -206,6 +215,7 @@ def test_load_features_takes_the_fold_models_embeddings_for_the_mapped_cases(tmp
         "mode": "in-sample",
         "folds": None,
         "fold_models": [],
+        "feature": "embedding",
     }
     summary = {
         "mode": "crossfit",
@@ -213,25 +223,32 @@ def test_load_features_takes_the_fold_models_embeddings_for_the_mapped_cases(tmp
         "fold_models": ["f1", "f2"],
         "mapping": save_crossfit(store, CROSSFIT_MAP),
     }
+    hf = [c for c in in_sample.reader1.columns if c.startswith("hf:")]
+    final_vectors = in_sample.reader1[[f"df:{i}" for i in range(4)]]
     for crossfit in (CROSSFIT_MAP, summary):  # the map itself, or the CNN meta's summary
-        data = load_features(store, "p", "m", crossfit=crossfit)
-        deep = [c for c in data.reader1.columns if c.startswith("df:")]
+        data = load_features(store, "p", "m", crossfit=crossfit, heads=HEADS)
+        # Fine-tuned CNNs share their output scale, not their embedding space: one deep
+        # column, the logit, of the model that produced each row's embedding.
+        assert [c for c in data.reader1.columns if c.startswith("df:")] == [DEEP_LOGIT]
         assert sorted(data.reader1.index) == [f"C{i}" for i in range(6)]
-        for case in CROSSFIT_MAP["cases"]:  # their fold model's, in every variant
-            assert (data.reader1.loc[case, deep] == 100 + int(case[1:])).all()
+        for case, fold in CROSSFIT_MAP["cases"].items():  # their fold model's, every variant
+            weight, bias = HEADS[fold]
+            expected = (100 + int(case[1:])) * weight.sum() + bias
+            assert data.reader1.loc[case, DEEP_LOGIT] == pytest.approx(expected)
             if case in data.X["repeat"].index:
-                assert (data.X["repeat"].loc[case, deep] == 100 + int(case[1:])).all()
-        # An unmapped case keeps the final model's; handcrafted columns do not change.
-        pd.testing.assert_series_equal(data.reader1.loc["C5"], in_sample.reader1.loc["C5"])
-        hf = [c for c in data.reader1.columns if c.startswith("hf:")]
+                assert data.X["repeat"].loc[case, DEEP_LOGIT] == pytest.approx(expected)
+        # An unmapped case gets the final model's logit; handcrafted columns do not change.
+        weight, bias = HEADS["m"]
+        expected = float(final_vectors.loc["C5"].to_numpy() @ weight + bias)
+        assert data.reader1.loc["C5", DEEP_LOGIT] == pytest.approx(expected)
         pd.testing.assert_frame_equal(
             data.reader1[hf], in_sample.reader1.loc[data.reader1.index, hf]
         )
         lineage = data.lineage["deep_features"]
         assert lineage["mode"] == "crossfit" and lineage["folds"] == 2
-        assert lineage["fold_models"] == ["f1", "f2"]
+        assert lineage["fold_models"] == ["f1", "f2"] and lineage["feature"] == "logit"
     assert data.lineage["deep_features"]["mapping"] == "models/cnn/m/crossfit.json"
-    # In-sample summary (or none, an old bundle): today's behaviour.
+    # In-sample summary (or none, an old bundle): the fused embeddings.
     same = load_features(store, "p", "m", crossfit={"mode": "in-sample"})
     pd.testing.assert_frame_equal(same.reader1, in_sample.reader1)
 
@@ -241,6 +258,8 @@ def test_a_mapped_training_case_without_its_fold_embedding_is_an_error(tmp_path)
     _with_fold_embeddings(store, cohort, CROSSFIT_MAP["cases"])
     mapping = CROSSFIT_MAP | {"cases": CROSSFIT_MAP["cases"] | {"C5": "f2"}}
     with pytest.raises(ValueError, match=r"C5 \(fold model f2\)"):
-        load_features(store, "p", "m", crossfit=mapping)
+        load_features(store, "p", "m", crossfit=mapping, heads=HEADS)
     with pytest.raises(ValueError, match="map of m given for CNN other"):
-        load_features(store, "p", "other", crossfit=CROSSFIT_MAP)
+        load_features(
+            store, "p", "other", crossfit=CROSSFIT_MAP, heads=HEADS | {"other": HEADS["m"]}
+        )

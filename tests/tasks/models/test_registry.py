@@ -148,13 +148,15 @@ def test_compare_with_champion_reads_the_champion_bundle(tracked, monkeypatch):
     current = champion(settings, store)
     read = []
 
-    def load_features(store_, params_hash, cnn_model_version):
-        read.append((store_, params_hash, cnn_model_version))
+    def load_features(store_, params_hash, cnn_model_version, crossfit=None):
+        read.append((store_, params_hash, cnn_model_version, crossfit))
         return data  # the features the champion was trained with
 
     monkeypatch.setattr(step, "load_features", load_features)
     worse = step.compare_with_champion(models["ONLY_DF"], data, current, settings, store)
-    assert read == [(store, sample.LINEAGE["params_hash"], CNN["version"])]
+    # An in-sample CNN (this bundle's): no cross-fitting map; a cross-fitted champion's
+    # summary would be passed, so its deep feature is built as it was fitted on.
+    assert read == [(store, sample.LINEAGE["params_hash"], CNN["version"], None)]
     # Promotion is decided on the internal testing set, never on external validation.
     assert "testing AUC" in worse.reason and "champion v1" in worse.reason
     assert worse.delong.auc_b == evaluation.models["COMB"]["testing"].auc

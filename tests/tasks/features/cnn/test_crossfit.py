@@ -8,6 +8,7 @@ import logging
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -204,3 +205,31 @@ def test_task_wrappers():
         (record_crossfit_task, "record-crossfit"),
     ):
         assert wrapper.name == name and wrapper.cache_policy is NO_CACHE
+
+
+def test_model_head_on_the_stored_embedding_is_the_cnns_logit(crossfitted):
+    """The cross-fitted deep feature (tasks.models.features.DEEP_LOGIT) is each model's head
+    applied to its stored fused embedding: the model's own output, on one scale for all."""
+    from tasks.features.cnn.checkpoints import load_model, model_head
+    from tasks.features.cnn.crops import case_crops
+    from tasks.features.cnn.embed import embed_cases
+
+    rows, settings, store, final, folds = crossfitted
+    for meta in (final, *folds):
+        weight, bias = model_head(store, meta["version"])
+        embedded = embed_cases(rows[:3], meta["uri"], settings, store)
+        model, _ = load_model(meta["uri"])
+        for row, case in zip(
+            [e for e in embedded if e["mask_variant"] == "reader1"], rows[:3], strict=True
+        ):
+            bmus, cdus = case_crops(
+                case, ["reader1"], settings.cnn_size, settings.cnn_margin, meta["dual"]
+            )["reader1"]
+            with torch.no_grad():
+                logit = float(
+                    model(
+                        torch.as_tensor(bmus)[None],
+                        None if cdus is None else torch.as_tensor(cdus)[None],
+                    )
+                )
+            assert np.asarray(row["fused"]) @ weight + bias == pytest.approx(logit, abs=1e-4)
