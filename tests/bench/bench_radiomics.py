@@ -101,6 +101,8 @@ def bench_workload(kind: str, workload: str, manifest: Path, work: Path, setting
     env = {
         "SLN_DATA_ROOTS": f"{manifest.parent}:{settings.shared_data}",
         "SLN_EMBED": "false",
+        # The contenders' features only: no second, image-normalised pass (harmonisation).
+        "SLN_HARMONISATION": "none",
         "SLN_PERTURB_REPEATS": "true" if workload == "icc" else "false",
     }
     if workload == "reader1":

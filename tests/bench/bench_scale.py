@@ -39,7 +39,8 @@ REGIONS = ("intratumoral", "peritumoral")
 def run_sizes(sizes: list[int], work: Path) -> tuple[list[dict], list[float]]:
     from tasks.data.sources.synthetic import generate_cohort
 
-    env = {"SLN_EMBED": "false", "SLN_PERTURB_REPEATS": "true"}
+    # One radiomics pass (no image-normalised harmonisation pass): the scale of one pass.
+    env = {"SLN_EMBED": "false", "SLN_PERTURB_REPEATS": "true", "SLN_HARMONISATION": "none"}
     results, loads = [], []
     for n in sizes:
         manifest = generate_cohort(work / f"cohort-{n}", n_patients=n, seed=5)
