@@ -113,8 +113,10 @@ def test_nightly_deployment_on_real_services(services):
     assert len(cohort) == 12 and summary["cases_new"] == 12
 
     radiomics = store.read("radiomics")
-    keys = ["case_id", "region", "mask_variant"]
-    assert radiomics.groupby(keys).size().max() == 1  # every case exactly once
+    # Every case exactly once per extraction settings (a second, image-normalised pass has
+    # its own params_hash when SLN_HARMONISATION is auto or image).
+    keys = ["case_id", "region", "mask_variant", "params_hash"]
+    assert radiomics.groupby(keys).size().max() == 1
     assert set(radiomics["case_id"]) == set(cohort["case_id"])
     embeddings = store.read("embeddings")
     assert embeddings.groupby(["case_id", "mask_variant"]).size().max() == 1
@@ -150,7 +152,7 @@ def test_backfill_deployment_is_idempotent_and_force_replaces(services):
     assert forced["cases_new"] == in_window
     after = store.read("radiomics")
     assert len(after) == len(before)
-    assert after.groupby(["case_id", "region", "mask_variant"]).size().max() == 1
+    assert after.groupby(["case_id", "region", "mask_variant", "params_hash"]).size().max() == 1
     replaced = after[after["run_id"] == forced["run_id"]]
     assert replaced["case_id"].nunique() == in_window
 
