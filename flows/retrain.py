@@ -8,6 +8,8 @@ Every step is a Prefect task, so the run's graph in the UI shows where the time 
 
 from __future__ import annotations
 
+import dataclasses
+
 import dask
 from prefect import flow, get_run_logger
 
@@ -102,20 +104,24 @@ def retrain(settings: Settings | None = None, promote_champion: bool = True) -> 
     cnn = trained["cnn"]
     # Scanner harmonisation: the models fitted under each option, the best by internal
     # testing kept (tasks/evaluation/harmonisation.py); the rest of the run uses that one.
-    fits, unavailable = {}, {}
+    fits, unavailable, loaded = {}, {}, {}
     for option in harmonisation_options(settings):
         extracted = image_pass_settings(settings) if option == "image" else settings
+        phash = current_params_hash(extracted)
         try:
-            option_data = load_features_task(
-                store, current_params_hash(extracted), cnn["version"], crossfit=cnn["crossfit"]
-            )
+            if phash not in loaded:  # none and combat read the same rows: read them once
+                loaded[phash] = load_features_task(
+                    store, phash, cnn["version"], crossfit=cnn["crossfit"]
+                )
         except ValueError as exc:  # e.g. no image-normalised rows: the cohort flow ran without
             if settings.harmonisation != "auto" or option == "none":
                 raise
             logger.warning("harmonisation %s not compared: %s", option, exc)
             unavailable[option] = str(exc)
             continue
-        option_data.lineage["harmonisation"] = option
+        option_data = dataclasses.replace(
+            loaded[phash], lineage={**loaded[phash].lineage, "harmonisation": option}
+        )
         fits[option] = (fit_models_task(option_data, settings, harmonisation=option), option_data)
     comparison = compare_harmonisation_task(fits, settings.harmonisation, unavailable)
     models, data = fits[comparison["chosen"]]

@@ -212,19 +212,15 @@ def deep_matrix(
     if mapping is None:
         return final
     heads = heads or {}
-    parts = [] if final.empty else [_logits(final, heads[model_version])]
     assigned = pd.DataFrame(list(mapping["cases"].items()), columns=["case_id", "model_version"])
-    if parts:
-        parts[0] = parts[0].loc[
-            parts[0].index.difference(pd.Index(assigned["case_id"]), sort=False)
-        ]
+    others = final.loc[final.index.difference(pd.Index(assigned["case_id"]), sort=False)]
+    parts = [] if others.empty else [_logits(others, heads[model_version])]
     for fold_model, cases in assigned.groupby("model_version"):
         folded = embedding_matrix(
             embeddings.merge(cases, on=["case_id", "model_version"]), cohort, variant
         )
         if not folded.empty:
             parts.append(_logits(folded, heads[fold_model]))
-    parts = [p for p in parts if not p.empty]
     return pd.concat(parts) if parts else pd.DataFrame()
 
 
