@@ -156,6 +156,7 @@ def embedding_matrix(embeddings: pd.DataFrame, cohort: pd.DataFrame, variant: st
     if rows.empty:
         return pd.DataFrame()
     rows = rows.sort_values("embedded_at").drop_duplicates("case_id", keep="last")
+    rows = rows.sort_values("case_id")  # one order whatever the embedding order was
     vectors = np.stack([np.asarray(v, dtype=np.float64) for v in rows["fused"]])
     return pd.DataFrame(
         vectors,
@@ -188,9 +189,13 @@ Head = tuple[np.ndarray, float]
 
 def _logits(vectors: pd.DataFrame, head: Head) -> pd.DataFrame:
     weight, bias = head
-    return pd.DataFrame(
-        {DEEP_LOGIT: vectors.to_numpy(np.float64) @ weight + bias}, index=vectors.index
-    )
+    # Row by row, not ``vectors @ weight``: BLAS gemv rounds a row differently by the
+    # matrix's shape and the row's place in it (118 of 130 rows differed alone vs in the
+    # matrix), so a case's logit would depend on the cases embedded with it. numpy's sum
+    # along a C-ordered row depends on that row only (a DataFrame's array is column-major).
+    rows = np.ascontiguousarray(vectors.to_numpy(np.float64))
+    logits = (rows * np.asarray(weight, np.float64)).sum(axis=1)
+    return pd.DataFrame({DEEP_LOGIT: logits + bias}, index=vectors.index)
 
 
 def deep_matrix(

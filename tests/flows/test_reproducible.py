@@ -39,6 +39,22 @@ def _numbers(report: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _differences(a: Any, b: Any, path: str = "") -> list[str]:
+    """Every leaf where two reports differ, as 'path: a != b' (the assertion names them)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = [f"{path}/{k}: only in one run" for k in sorted(set(a) ^ set(b), key=str)]
+        for k in a.keys() & b.keys():
+            out += _differences(a[k], b[k], f"{path}/{k}")
+        return out
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        return [
+            d
+            for i, (x, y) in enumerate(zip(a, b, strict=True))
+            for d in _differences(x, y, f"{path}[{i}]")
+        ]
+    return [] if a == b else [f"{path}: {a!r} != {b!r}"]
+
+
 def _report(summary: dict[str, Any]) -> dict[str, Any]:
     return json.loads(Path(summary["report"]).with_name("report.json").read_text())
 
@@ -59,5 +75,7 @@ def test_a_second_run_from_empty_stores_repeats_every_number(trained, tmp_path):
     assert second["run_id"] != first["run_id"]
     a, b = _numbers(_report(first)), _numbers(_report(second))
     assert a["models"]["COMB"]["testing"]["auc"] is not None
-    for key in a:
-        assert a[key] == b[key], f"report.json {key!r} differs between two identical runs"
+    differences = _differences(a, b)
+    assert not differences, "report.json differs between two identical runs:\n" + "\n".join(
+        sorted(differences)[:40]
+    )

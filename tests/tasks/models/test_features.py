@@ -263,3 +263,43 @@ def test_a_mapped_training_case_without_its_fold_embedding_is_an_error(tmp_path)
         load_features(
             store, "p", "other", crossfit=CROSSFIT_MAP, heads=HEADS | {"other": HEADS["m"]}
         )
+
+
+def test_a_cases_logit_depends_on_its_own_embedding_only():
+    # BLAS gemv rounds a row differently by the matrix's shape and the row's place in it;
+    # the logit of a case must not change with the other cases or the embedding order
+    # (the reproducibility test caught a run-to-run difference in ONLY_DF from this).
+    from tasks.models.features import DEEP_LOGIT, deep_matrix
+
+    rng = np.random.default_rng(3)
+    n, width = 130, 1280
+    cases = [f"C{i:03d}" for i in range(n)]
+    cohort = pd.DataFrame(
+        {"case_id": cases, "bmus_mask": "m.png", "bmus_image_sha256": "i", "bmus_mask_sha256": "k"}
+    )
+    vectors = rng.standard_normal((n, width)).astype(np.float32)
+    embeddings = pd.DataFrame(
+        {
+            "case_id": cases,
+            "mask_variant": "reader1",
+            "image_sha256": "i",
+            "mask_sha256": "k",
+            "model_version": "m",
+            "fused": [v.tolist() for v in vectors],
+            "embedded_at": pd.date_range("2026-01-01", periods=n, freq="s", tz="UTC"),
+        }
+    )
+    heads = {"m": (rng.standard_normal(width), 0.25)}
+    mapping = {"final_model": "m", "fold_models": [], "cases": {}}
+    whole = deep_matrix(embeddings, cohort, "reader1", "m", mapping, heads)[DEEP_LOGIT]
+    assert list(whole.index) == sorted(cases)  # one order, whatever the embedding order
+    shuffled = embeddings.sample(frac=1.0, random_state=1)
+    shuffled["embedded_at"] = embeddings["embedded_at"].to_numpy()[::-1]
+    again = deep_matrix(shuffled, cohort, "reader1", "m", mapping, heads)[DEEP_LOGIT]
+    alone = pd.concat(
+        deep_matrix(embeddings.iloc[[i]], cohort, "reader1", "m", mapping, heads)[DEEP_LOGIT]
+        for i in range(n)
+    )
+    assert (again == whole).all() and (alone.loc[whole.index] == whole).all()
+    weight, bias = heads["m"]
+    np.testing.assert_allclose(whole, vectors.astype(np.float64) @ weight + bias, rtol=1e-12)
