@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from flows.extract import embedding_chunks, empty_totals, radiomics_chunks, run_extraction
+from flows.runtime.runners import run_cluster
 from tasks.config import Settings, resolve_settings
 from tasks.data.ingest import current_cohort, ingest_task, with_perturbation
 from tasks.data.store import FeatureStore
@@ -60,6 +61,14 @@ def cohort(
     work = plan_work_task(
         cases, store, settings, Window(exam_from, exam_to, force), embeddings=settings.embed
     )
+    # Scanner harmonisation "image": the same cases again with intensity normalisation on
+    # (its own params_hash), radiomics only, for retrain to fit and compare.
+    image = image_pass_settings(settings)
+    image_work = None
+    if image is not None:
+        image_work = plan_work_task(
+            cases, store, image, Window(exam_from, exam_to, force), embeddings=False
+        )
     logger.info(
         "radiomics: %d cases to extract in %d chunks, %d already stored",
         len(work.radiomics.todo),
@@ -74,21 +83,19 @@ def cohort(
             len(embedding_chunks(work, settings)),
             work.embeddings.plan.skipped,
         )
-    extract_started = time.monotonic()
-    totals = run_extraction(work, settings, run_id)
-    # Scanner harmonisation "image": the same cases again with intensity normalisation on
-    # (its own params_hash), radiomics only, for retrain to fit and compare.
-    normalised = empty_totals()
-    if (image := image_pass_settings(settings)) is not None:
-        image_work = plan_work_task(
-            cases, store, image, Window(exam_from, exam_to, force), embeddings=False
-        )
+    if image_work is not None:
         logger.info(
             "radiomics, image-normalised pass: %d cases to extract, %d already stored",
             len(image_work.radiomics.todo),
             image_work.radiomics.skipped,
         )
-        normalised = run_extraction(image_work, image, run_id)
+    extract_started = time.monotonic()
+    # One local cluster for both passes, started only if one of them has work.
+    with run_cluster(settings) as cluster:
+        totals = run_extraction(work, settings, run_id)
+        normalised = empty_totals()
+        if image_work is not None:
+            normalised = run_extraction(image_work, image, run_id)
     extract_seconds = time.monotonic() - extract_started
 
     seconds = time.monotonic() - started
@@ -109,6 +116,13 @@ def cohort(
         "embedding_workers": embedded.workers,
         "seconds": round(seconds, 1),
         "extract_seconds": round(extract_seconds, 1),
+        # Where the run's time went (the rest of extract_seconds: waiting on the workers).
+        "ingest_plan_seconds": round(extract_started - started, 1),
+        "cluster_start_seconds": round(cluster.start_seconds, 1) if cluster else None,
+        "cluster_stop_seconds": round(cluster.stop_seconds, 1) if cluster else None,
+        "commit_seconds": round(
+            sum(t[kind].commit_seconds for t in (totals, normalised) for kind in t), 1
+        ),
         "cases_per_second": round(radiomics.cases / seconds, 3),
         "table_versions": store.versions((COHORT, QUARANTINE, RADIOMICS, EMBEDDINGS)),
     }

@@ -109,7 +109,10 @@ def commit_as_completed(
                 pending[future] = kind
                 logger.warning("%s: a worker died running a chunk; resubmitted once", kind)
                 continue
-            totals[kind].add(commits[kind](result, store, run_id, force))
+            started = time.monotonic()
+            counts = commits[kind](result, store, run_id, force)
+            counts.commit_seconds = time.monotonic() - started
+            totals[kind].add(counts)
             done = totals[kind]
             logger.info(
                 "%s: chunk %d/%d committed (%d cases so far)",
@@ -213,17 +216,22 @@ def store_writer(store_uri: str, timeout: float | None = None) -> Iterator[float
             _HELD.reset(token)
 
 
-@contextlib.contextmanager
-def _writing_slot(store_uri: str, timeout: float = STORE_WAIT_SECONDS) -> Iterator[float]:
-    """The store's writing slot, or after ``timeout`` a warning and no slot; yields the
-    seconds waited for it."""
+def _logger():
+    """The flow run's logger, or the module's outside a flow run."""
     from prefect.exceptions import MissingContextError
     from prefect.logging import get_logger
 
     try:
-        logger = get_run_logger()
-    except MissingContextError:  # called outside a flow run
-        logger = get_logger("flows.extract")
+        return get_run_logger()
+    except MissingContextError:
+        return get_logger("flows.extract")
+
+
+@contextlib.contextmanager
+def _writing_slot(store_uri: str, timeout: float = STORE_WAIT_SECONDS) -> Iterator[float]:
+    """The store's writing slot, or after ``timeout`` a warning and no slot; yields the
+    seconds waited for it."""
+    logger = _logger()
     with contextlib.ExitStack() as stack:
         waited = 0.0
         try:
@@ -284,6 +292,37 @@ def run_extraction(work: WorkPlan, settings: Settings, run_id: str) -> Totals:
         save_plan(store, run_id, work)
         try:
             runner = task_runner(settings)
-            return extract_features.with_options(task_runner=runner)(settings, run_id)
+            totals = extract_features.with_options(task_runner=runner)(settings, run_id)
         finally:
             drop_plan(store, run_id)
+        compact_tables(store, totals, settings.compact_at_files)
+        return totals
+
+
+def compact_tables(store: FeatureStore, totals: Totals, at_files: int) -> None:
+    """Compact each table this run wrote once it holds ``at_files`` files
+    (:meth:`FeatureStore.compact`, ``SLN_COMPACT_AT_FILES``); the seconds count as commit
+    time. The rows are stored
+    already, so a failure here is a warning, and the next run tries again."""
+    from tasks.data.tables import EMBEDDINGS, RADIOMICS
+
+    logger = _logger()
+    for kind, spec in (("radiomics", RADIOMICS), ("embeddings", EMBEDDINGS)):
+        if not totals[kind].rows:
+            continue
+        started = time.monotonic()
+        try:
+            done = store.compact(spec, at_files)
+        except Exception as exc:  # noqa: BLE001 (upkeep only: every row is committed)
+            logger.warning("%s: compacting the table failed (%s); rows are stored", kind, exc)
+            continue
+        finally:
+            totals[kind].commit_seconds += time.monotonic() - started
+        if done:
+            logger.info(
+                "%s: table compacted, %d files into %d (version %d)",
+                kind,
+                done["files_before"],
+                done["files_after"],
+                done["version"],
+            )

@@ -49,6 +49,12 @@ class Settings(BaseSettings):
     n_workers: int = Field(default_factory=lambda: max(1, os.cpu_count() or 1))
     dask_scheduler_address: str | None = Field(None, validation_alias="DASK_SCHEDULER_ADDRESS")
     chunk_size: int = 20
+    compact_at_files: int = Field(
+        64,
+        ge=1,
+        description="A run compacts a feature table it wrote (and checkpoints its Delta log) "
+        "once the table holds this many files (each committed chunk adds one)",
+    )
     # Peritumoral ring width: millimetres when pixel spacing is known, pixels otherwise.
     ring_mm: float = 3.0
     ring_px: int = 10

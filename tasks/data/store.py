@@ -195,6 +195,34 @@ class FeatureStore:
             "updated": int(metrics.get("num_target_rows_updated", 0)),
         }
 
+    # -- upkeep ------------------------------------------------------------------------
+    def compact(self, spec: TableSpec | str, at_files: int) -> dict | None:
+        """Merge the table's files into few large ones and checkpoint its log, once it holds
+        ``at_files`` files or more (None: fewer, or no table; nothing done).
+
+        Each chunk's commit adds one file and every keyed write reads the key columns of
+        every file, so without this a write's cost grows with the number of commits. The
+        rows do not change; earlier versions stay readable (nothing is vacuumed), so runs
+        pinned to them still reproduce. Held under the table's lease like any write.
+        delta-rs itself checkpoints the log every 100 commits (``delta.checkpointInterval``).
+        """
+        name = _name(spec)
+        table = self.table(name)
+        if table is None or len(table.file_uris()) < at_files:
+            return None
+        with self.writing(name):
+            table = self.table(name)  # as of now, under the lease
+            before = len(table.file_uris())
+            if before < at_files:
+                return None
+            metrics = table.optimize.compact()
+            table.create_checkpoint()
+        return {
+            "files_before": before,
+            "files_after": before - metrics["numFilesRemoved"] + metrics["numFilesAdded"],
+            "version": table.version(),
+        }
+
     # -- objects (reports, models, images) ---------------------------------------------
     def write_bytes(self, data: bytes, *parts: str) -> str:
         """Write an object under the root (atomically: see :func:`uris.write_bytes`)."""

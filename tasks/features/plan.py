@@ -126,6 +126,7 @@ class CommitCounts:
     failed: int = 0
     chunks: int = 0
     seconds: float = 0.0
+    commit_seconds: float = 0.0  # time the flow process spent committing the chunks
     workers: list[str] = field(default_factory=list)
 
     def add(self, other: CommitCounts) -> None:
@@ -134,6 +135,7 @@ class CommitCounts:
         self.failed += other.failed
         self.chunks += other.chunks
         self.seconds += other.seconds
+        self.commit_seconds += other.commit_seconds
         self.workers = sorted(set(self.workers) | set(other.workers))
 
 

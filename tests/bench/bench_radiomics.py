@@ -138,6 +138,7 @@ def bench_workload(kind: str, workload: str, manifest: Path, work: Path, setting
     first = timed(f"sln run --workers {WORKERS}", sln, env=env)
     second = timed("sln run again (unchanged cohort)", sln, env=env)
     extract_s = summary_value(first.stdout_tail, "extract_seconds")
+    split = {key: summary_value(first.stdout_tail, key) for key in SPLIT_KEYS}
     result = {
         "dataset": kind,
         "workload": workload,
@@ -151,6 +152,8 @@ def bench_workload(kind: str, workload: str, manifest: Path, work: Path, setting
         "sln_run": first,
         "sln_run_extract_s": extract_s,
         "sln_run_startup_s": round(first.wall_s - extract_s, 2),
+        "sln_run_split": split,
+        "bare_loop_inner_s": bare_inner,
         "sln_run_again": second,
         "sln_run_again_cases_new": summary_value(second.stdout_tail, "cases_new"),
         "speed_cli": round(bare.wall_s / cli.wall_s, 3),
@@ -160,6 +163,52 @@ def bench_workload(kind: str, workload: str, manifest: Path, work: Path, setting
         "sln_vs_cli": round(cli.wall_s / first.wall_s, 3),
     }
     return result, prep
+
+
+# What `sln run` prints about where its time went (flows/cohort.py's summary).
+SPLIT_KEYS = (
+    "seconds",
+    "extract_seconds",
+    "ingest_plan_seconds",
+    "cluster_start_seconds",
+    "cluster_stop_seconds",
+    "commit_seconds",
+)
+
+
+def split_rows(wall: float, t: dict) -> list[tuple[str, float]]:
+    """One ``sln run``'s wall time in parts that add up to it."""
+    cluster = t["cluster_start_seconds"] + t["cluster_stop_seconds"]
+    return [
+        ("process start-up and exit (imports, Prefect flow run, summary)", wall - t["seconds"]),
+        ("ingest and planning (flow process)", t["ingest_plan_seconds"]),
+        ("local cluster start", t["cluster_start_seconds"]),
+        (
+            "extraction: waiting on the workers (their imports, Prefect task traffic)",
+            t["extract_seconds"] - cluster - t["commit_seconds"],
+        ),
+        ("commits (flow process, Delta)", t["commit_seconds"]),
+        ("local cluster shutdown", t["cluster_stop_seconds"]),
+        ("rest of the flow", t["seconds"] - t["ingest_plan_seconds"] - t["extract_seconds"]),
+    ]
+
+
+def split_table(results: list[dict]) -> str:
+    """Where each workload's ``sln run`` wall time went, next to the bare loop's."""
+    heads = [f"{r['dataset']} / {r['workload']}" for r in results]
+    lines = [
+        "| part of `sln run` | " + " | ".join(f"{h}: s (share)" for h in heads) + " |",
+        "| --- |" + " --- |" * len(results),
+    ]
+    columns = [split_rows(r["sln_run"].wall_s, r["sln_run_split"]) for r in results]
+    for i, (part, _) in enumerate(columns[0]):
+        cells = [f"{col[i][1]:.1f} ({col[i][1] / r['sln_run'].wall_s:.0%})"
+                 for col, r in zip(columns, results, strict=True)]  # fmt: skip
+        lines.append(f"| {part} | " + " | ".join(cells) + " |")
+    lines.append("| **wall** | " + " | ".join(f"{r['sln_run'].wall_s:.1f}" for r in results) + " |")
+    bare = [f"{r['bare_loop_startup_s']:.1f} + {r['bare_loop_inner_s']:.1f}" for r in results]
+    lines.append("| bare loop: start-up + extraction | " + " | ".join(bare) + " |")
+    return "\n".join(lines)
 
 
 def table(results: list[dict]) -> str:
@@ -207,6 +256,18 @@ def main() -> None:
     os.environ.setdefault("SLN_PSEUDONYM_KEY", BENCH_KEY)  # ingest refuses to run without one
     settings = Settings()
     results, loads, profiles = [], [os.getloadavg()[0]], []
+    # The Prefect server is up before any contender runs, as for a nightly run under
+    # `sln serve`: a cold start (about 15 s) would otherwise land in the first run's wall.
+    server = timed("Prefect server", [str(BIN / "sln"), "server"])
+    started = (
+        "already running"
+        if "already running" in server.stdout_tail
+        else (f"started ({server.wall_s:.1f} s)")
+    )
+    server_line = (
+        f"The local Prefect server was {started} before the contenders and stays up, as for "
+        "nightly runs under `sln serve`: no wall time in the table holds its start."
+    )
     for kind in args.datasets.split(","):
         work = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
         manifest = make_manifest(kind, args.cases, work, settings)
@@ -218,7 +279,8 @@ def main() -> None:
                 loads.extend(result[key].load)
             if workload == "icc" and args.profile_cases:
                 profiles.append((kind, profile_table(prep, args.profile_cases)))
-    text = table(results)
+    split = f"Where `sln run`'s wall time went (from its summary):\n\n{split_table(results)}"
+    text = f"{table(results)}\n\n{server_line}\n\n{split}"
     command = (
         f"python -m tests.bench.bench_radiomics --cases {args.cases} --datasets "
         f"{args.datasets} --workloads {args.workloads}"

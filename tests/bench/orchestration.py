@@ -181,7 +181,7 @@ def table(run: dict, over: dict, cases: int, tasks: int) -> str:
             + machine_line(run["loads"]),
             "",
             f"`sln run --workers 2`, {cases} BUS-BRA cases, reader 1, radiomics only (both "
-            f"passes: params as stored, then image-normalised; each starts its own cluster): "
+            f"passes: params as stored, then image-normalised, on one shared cluster): "
             f"wall {run['wall']:.1f} s.",
             "",
             *rows,

@@ -48,6 +48,10 @@ def test_cohort_flow_extracts_once_and_quarantines_bad_cases(tiny_cohort, tmp_pa
     settings = Settings(store=str(tmp_path / "store"), n_workers=2, chunk_size=1)
     first = cohort_flow(str(tiny_cohort), settings)
     assert first["cases_new"] == 7 and first["cases_failed"] == 1
+    # The run's time split: each part measured, none larger than the whole.
+    assert 0 < first["cluster_start_seconds"] < first["extract_seconds"]
+    assert 0 < first["commit_seconds"] < first["extract_seconds"] < first["seconds"]
+    assert first["cluster_stop_seconds"] > 0 and first["ingest_plan_seconds"] > 0
     store = FeatureStore(settings.store)
     radiomics = store.read("radiomics")
     assert set(radiomics["case_id"]) == {f"T{i:03d}" for i in range(1, 8)}
@@ -85,6 +89,40 @@ def test_cohort_flow_extracts_once_and_quarantines_bad_cases(tiny_cohort, tmp_pa
     assert second["cases_new"] == 0 and second["cases_embedded"] == 0
     assert len(store.read("radiomics")) == 28
     assert len(store.read("embeddings")) == 16
+
+
+@pytest.mark.slow
+def test_both_radiomics_passes_share_one_cluster_and_tables_get_compacted(
+    tiny_cohort, tmp_path, prefect_api, monkeypatch
+):
+    """Harmonisation 'image': radiomics as stored, then image-normalised, on one local
+    cluster; each pass's eight one-case chunks are compacted once past five files."""
+    from flows.runtime import runners
+
+    started, real_cluster = [], runners.local_cluster  # count the (real) clusters started
+    monkeypatch.setattr(
+        runners, "local_cluster", lambda **kw: started.append(kw) or real_cluster(**kw)
+    )
+    settings = Settings(
+        store=str(tmp_path / "store"),
+        n_workers=2,
+        chunk_size=1,
+        harmonisation="image",
+        embed=False,
+        perturb_repeats=False,
+        compact_at_files=5,
+    )
+    summary = cohort_flow(str(tiny_cohort), settings)
+    assert len(started) == 1
+    assert summary["radiomics_rows"] == summary["radiomics_rows_normalised"] == 8 * 2
+    store = FeatureStore(settings.store)
+    radiomics = store.read("radiomics")
+    assert radiomics.groupby("params_hash").size().tolist() == [16, 16]
+    assert not radiomics.duplicated(["case_id", "region", "params_hash"]).any()
+    history = [h["operation"] for h in store.table("radiomics").history()]
+    assert history.count("OPTIMIZE") == 2  # once after each pass
+    assert len(store.table("radiomics").file_uris()) == 1
+    assert summary["commit_seconds"] > 0
 
 
 @pytest.mark.slow

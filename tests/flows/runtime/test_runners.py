@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 from distributed import LocalCluster
 
-from flows.runtime.runners import check_gpu_workers, local_cluster
+from flows.runtime.runners import check_gpu_workers, local_cluster, run_cluster, task_runner
+from tasks.config import Settings
 
 
 def test_local_cluster_has_exactly_one_gpu_worker():
@@ -25,6 +26,34 @@ def test_cluster_without_gpu_worker_fails_fast():
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False) as cluster:
         with pytest.raises(RuntimeError, match="no worker with the GPU=1 resource"):
             check_gpu_workers(cluster.scheduler_address)
+
+
+def test_one_run_shares_one_local_cluster_started_at_first_use():
+    """Every task runner handed out inside ``run_cluster`` points at one cluster, which
+    starts only when the first is asked for and is closed when the block ends."""
+    from distributed import Client
+
+    settings = Settings(cluster="local", n_workers=1)
+    with run_cluster(settings) as shared:
+        assert shared is not None and shared.cluster is None  # nothing asked: none started
+        first, second = task_runner(settings), task_runner(settings)
+        assert first.address == second.address == shared.cluster.scheduler_address
+        assert shared.start_seconds > 0
+        with Client(first.address, timeout=30) as client:
+            assert client.wait_for_workers(1, timeout=60) is None
+        with run_cluster(settings) as inner:  # nested: the outer cluster is kept
+            assert inner is None and task_runner(settings).address == first.address
+    assert shared.cluster is None and shared.stop_seconds > 0
+    with pytest.raises(OSError):
+        Client(first.address, timeout=3)
+    # Outside the block each runner brings its own cluster again.
+    assert task_runner(settings).address is None
+
+
+def test_an_external_cluster_is_not_shared_by_run_cluster():
+    settings = Settings(cluster="slurm")
+    with run_cluster(settings) as shared:
+        assert shared is None
 
 
 # What a radiomics worker must never load: torch (with torchvision, triton and the CUDA

@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 
 from tasks.config import Settings
+from tasks.data import uris
 from tasks.data.ingest import ingest
 from tasks.data.store import FeatureStore, s3_storage_options
 from tasks.data.tables import COHORT, PREDICTIONS, TABLES
@@ -105,6 +106,31 @@ def test_every_commit_is_a_version_and_old_versions_read_back(store):
         "b": 0.2,
     }
     assert store.read(PREDICTIONS).set_index("case_id").at["a", "score"] == 0.9
+
+
+def test_compaction_merges_many_files_keeps_rows_and_old_versions(store):
+    for i in range(6):  # one file per commit, as one per chunk
+        store.insert_new(PREDICTIONS, _scores([f"c{i}a", f"c{i}b"], i / 10))
+    before = store.read(PREDICTIONS).sort_values("case_id", ignore_index=True)
+    assert store.compact(PREDICTIONS, at_files=7) is None  # too few files: nothing done
+    assert store.version(PREDICTIONS) == 5
+    assert store.compact(PREDICTIONS, at_files=6) == {
+        "files_before": 6,
+        "files_after": 1,
+        "version": 6,
+    }
+    assert len(store.table(PREDICTIONS).file_uris()) == 1
+    after = store.read(PREDICTIONS).sort_values("case_id", ignore_index=True)
+    pd.testing.assert_frame_equal(before, after)
+    assert _keys(store.read(PREDICTIONS, version=2)) == [
+        ("r1", f"c{i}{s}") for i in range(3) for s in "ab"
+    ]
+    # The log is checkpointed, and keyed writes go on as before.
+    assert uris.exists(store.uri("predictions", "_delta_log", "_last_checkpoint"))
+    assert store.insert_new(PREDICTIONS, _scores(["c0a", "new"], 0.9)) == 1
+    assert store.table(PREDICTIONS).version() == 7 and len(store.read(PREDICTIONS)) == 13
+    assert store.compact(PREDICTIONS, at_files=64) is None  # the default: far from it
+    assert store.compact("embeddings", at_files=1) is None  # no table yet
 
 
 def test_new_value_columns_merge_into_the_schema(store):
