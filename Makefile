@@ -128,7 +128,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.bench.bench_radiomics --cases $(or $(CASES),400) --datasets busbra \
 	  --out bench-out --write
 	$(BIN)/python -m tests.bench.orchestration --cases 12 --tasks 100 --write
-	$(BIN)/python -m tests.bench.bench_embedding --cases 200 --size 224 --out bench-out
+	$(BIN)/python -m tests.bench.bench_embedding --cases 200 --size 224 --out bench-out --write
 
 # Growing synthetic cohorts (radiomics only) and a store of 100,000 synthesised cases:
 # planning, commit time per chunk as the table grows, compaction + log checkpoint.

@@ -1,7 +1,8 @@
 """CNN benchmark: embedding throughput of the flow vs a plain torch loop (same images, start
 weights, input size and batch size, one run), peak memory, and fine-tuning seconds per epoch.
 
-Usage: ``python -m tests.bench.bench_embedding --cases 200 --size 224 --out bench-out``.
+Usage: ``python -m tests.bench.bench_embedding --cases 200 --size 224 --out bench-out --write``
+(``--write``: the table goes into BENCHMARKS.md).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from pathlib import Path
 from tasks.config import Settings
 from tasks.data.ingest import ingest
 from tasks.data.store import FeatureStore
-from tests.bench.common import BIN, ROOT, save, timed
+from tests.bench.common import BIN, ROOT, machine_line, save, timed, write_section
 
 
 def finetune_epoch_seconds(store: FeatureStore, size: int, cases: int) -> dict:
@@ -43,7 +44,9 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--finetune-cases", type=int, default=96)
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out")
+    parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = parser.parse_args()
+    loads = [os.getloadavg()[0]]
     os.environ["SLN_CNN_SIZE"] = str(args.size)
     work = Path(tempfile.mkdtemp(prefix="bench-embed-"))
     from tasks.data.sources.synthetic import generate_cohort
@@ -57,6 +60,7 @@ def main() -> None:
         marked = [ln for ln in timing.stdout_tail.splitlines() if ln.startswith("RESULT ")]
         inner = json.loads(marked[-1].removeprefix("RESULT "))
         results[name] = {"timing": timing, **inner}
+        loads.extend(timing.load)
     plain, flow = results["plain"], results["flow"]
     results["crops_per_s_plain"] = round(plain["crops"] / plain["timing"].wall_s, 2)
     results["crops_per_s_flow"] = round(flow["crops"] / flow["timing"].wall_s, 2)
@@ -65,8 +69,15 @@ def main() -> None:
     results["finetune"] = finetune_epoch_seconds(
         FeatureStore(str(work / "store-plain")), args.size, args.finetune_cases
     )
+    loads.append(os.getloadavg()[0])
     save(args.out / f"embedding-{args.size}.json", results)
+    command = (
+        f"python -m tests.bench.bench_embedding --cases {args.cases} --size {args.size} "
+        f"--finetune-cases {args.finetune_cases}"
+    )
     lines = [
+        f"Command: `{command}`. {machine_line(loads)}",
+        "",
         "| contender | crops | wall s | crops/s | share of plain loop | peak RSS MB |",
         "| --- | --- | --- | --- | --- | --- |",
         f"| plain torch loop (1 process, 1 thread) | {plain['crops']} | {plain['timing'].wall_s} "
@@ -85,6 +96,8 @@ def main() -> None:
     text = "\n".join(lines)
     (args.out / f"embedding-{args.size}.md").write_text(text + "\n")
     print(text)
+    if args.write:
+        write_section("embedding", text)
 
 
 if __name__ == "__main__":

@@ -25,16 +25,21 @@ def trained(tmp_path_factory, prefect_api):
     from flows.retrain import retrain
     from tasks.data.sources.synthetic import generate_cohort
 
+    # SMALL_CNN only while building: the settings carry it to every test that uses them
+    # (one that starts `sln` passes SMALL_CNN itself), and the tests after this fixture run
+    # in the session's own environment (harmonisation 'none', no cross-fit folds set).
     saved = {k: os.environ.get(k) for k in SMALL_CNN}
     os.environ.update(SMALL_CNN)
-    root = tmp_path_factory.mktemp("e2e")
-    manifest = generate_cohort(root / "cohort", n_patients=80, seed=4)
-    settings = Settings(store=str(root / "store"), n_workers=2)
-    cohort = cohort_flow(str(manifest), settings)
-    summary = retrain(settings)
-    yield settings, cohort, summary
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+    try:
+        root = tmp_path_factory.mktemp("e2e")
+        manifest = generate_cohort(root / "cohort", n_patients=80, seed=4)
+        settings = Settings(store=str(root / "store"), n_workers=2)
+        cohort = cohort_flow(str(manifest), settings)
+        summary = retrain(settings)
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    return settings, cohort, summary
