@@ -302,8 +302,8 @@ def run_extraction(work: WorkPlan, settings: Settings, run_id: str) -> Totals:
 def compact_tables(store: FeatureStore, totals: Totals, at_files: int) -> None:
     """Compact each table this run wrote once it holds ``at_files`` files
     (:meth:`FeatureStore.compact`, ``SLN_COMPACT_AT_FILES``); the seconds count as commit
-    time. The rows are stored
-    already, so a failure here is a warning, and the next run tries again."""
+    time. The rows are stored already, so a failure here is a warning, and the next run
+    tries again."""
     from tasks.data.tables import EMBEDDINGS, RADIOMICS
 
     logger = _logger()
@@ -314,10 +314,9 @@ def compact_tables(store: FeatureStore, totals: Totals, at_files: int) -> None:
         try:
             done = store.compact(spec, at_files)
         except Exception as exc:  # noqa: BLE001 (upkeep only: every row is committed)
+            done = None
             logger.warning("%s: compacting the table failed (%s); rows are stored", kind, exc)
-            continue
-        finally:
-            totals[kind].commit_seconds += time.monotonic() - started
+        totals[kind].commit_seconds += time.monotonic() - started
         if done:
             logger.info(
                 "%s: table compacted, %d files into %d (version %d)",

@@ -30,15 +30,9 @@ class Timing:
     load: tuple[float, float] = (0.0, 0.0)  # 1-minute load average before / after
     pid: int = 0
     cpu_s: float = 0.0  # CPU seconds of the whole process tree (less sensitive to load)
-    cpu_by_process: dict[str, float] = field(default_factory=dict)  # "pid:label" -> CPU s
-
-    @property
-    def main_cpu_s(self) -> float:
-        """CPU seconds of the command's own process (``sln run``: the flow process, with the
-        local cluster's scheduler and nannies, which run in it)."""
-        return round(
-            sum(c for k, c in self.cpu_by_process.items() if k.startswith(f"{self.pid}:")), 1
-        )
+    # CPU seconds of the command's own process (``sln run``: the flow process, with the
+    # local cluster's scheduler and nannies, which run in it).
+    main_cpu_s: float = 0.0
 
     @property
     def peak_worker_mb(self) -> float:
@@ -70,7 +64,6 @@ class MemorySampler(threading.Thread):
         self.pid, self.interval = pid, interval
         self.peaks: dict[int, tuple[str, float]] = {}
         self.cpu: dict[int, float] = {}  # user + system seconds, at the last sample
-        self.labels: dict[int, str] = {}
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -88,7 +81,6 @@ class MemorySampler(threading.Thread):
                     label = " ".join(proc.cmdline()[1:3])[-60:] or proc.name()
                 except psutil.Error:
                     continue
-                self.labels[proc.pid] = label
                 if rss > self.peaks.get(proc.pid, ("", 0.0))[1]:
                     self.peaks[proc.pid] = (label, rss)
             time.sleep(self.interval)
@@ -118,12 +110,9 @@ def timed(name: str, cmd: list[str], env: dict | None = None, cwd: Path = ROOT) 
     main = sampler.peaks.get(proc.pid, ("", 0.0))[1]
     load = (round(load_before, 2), round(os.getloadavg()[0], 2))
     cpu = round(sum(sampler.cpu.values()), 1)
-    by_process = {
-        f"{pid}:{sampler.labels.get(pid, '')}": round(seconds, 2)
-        for pid, seconds in sampler.cpu.items()
-    }
+    main_cpu = round(sampler.cpu.get(proc.pid, 0.0), 1)
     return Timing(
-        name, round(wall, 2), peaks, out[-3000:], round(main, 1), load, proc.pid, cpu, by_process
+        name, round(wall, 2), peaks, out[-3000:], round(main, 1), load, proc.pid, cpu, main_cpu
     )
 
 
