@@ -15,6 +15,23 @@ from PIL import Image
 from tasks.config import default_shared_data
 
 
+def original_only_params(folder: Path, source: Path | None = None) -> Path:
+    """The project's radiomics settings (``source``: default the main extraction's YAML) on
+    the original image only (no wavelet, no LoG): an eighth of the extraction time, for
+    whole-pipeline tests whose subject is not the features (the cluster, what gets written
+    where, reproducibility, the flows' wiring)."""
+    import yaml
+
+    from tasks.config import INFRA_DIR
+
+    source = source or INFRA_DIR / "radiomics.yaml"
+    params = yaml.safe_load(source.read_text())
+    params["imageType"] = {"Original": {}}
+    path = folder / f"{source.stem}-original.yaml"
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pandas as pd
 import pyarrow as pa
+import pyarrow.compute as pc
 from deltalake import DeltaTable, write_deltalake
 from deltalake.exceptions import TableNotFoundError
 
@@ -142,7 +143,14 @@ class FeatureStore:
         frame = frame.drop_duplicates(subset=keys, keep="last")
         table = self.table(spec)
         if table is not None:
-            stored = table.to_pyarrow_table(columns=keys).to_pandas()
+            # Only the stored keys that share a first key with this chunk: the commit then
+            # reads and compares a chunk's worth of keys, not the whole table's.
+            first = pa.array(frame[keys[0]].astype(str).unique(), pa.string())
+            stored = (
+                table.to_pyarrow_dataset()
+                .to_table(columns=keys, filter=pc.field(keys[0]).isin(first))
+                .to_pandas()
+            )
             seen = set(stored.astype(str).itertuples(index=False, name=None))
             fresh = [
                 row not in seen

@@ -52,15 +52,17 @@ def delta_retry_options() -> dict[str, str]:
 
 
 def configure_s3fs() -> None:
-    """Defaults for every S3FileSystem made in this process (fsspec's config; s3fs's
-    ``retries`` is a class attribute, not an argument)."""
+    """Defaults for every S3 filesystem made in this process: fsspec's config for the
+    arguments, and :class:`tasks.data.s3.S3FileSystem` (s3fs with our ``retries``, a class
+    attribute there) registered by name, so s3fs is imported only when it is used."""
     for protocol in ("s3", "s3a"):
         fsspec.config.conf.setdefault(protocol, {}).update(s3fs_options())
-    try:
-        import s3fs
-    except ImportError:  # no S3 support installed: nothing to configure
-        return
-    s3fs.S3FileSystem.retries = S3_RETRIES
+        fsspec.register_implementation(
+            protocol,
+            "tasks.data.s3.S3FileSystem",
+            clobber=True,
+            errtxt="Install s3fs to access S3",
+        )
 
 
 configure_s3fs()

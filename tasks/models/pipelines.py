@@ -46,8 +46,9 @@ from sklearn.preprocessing import StandardScaler
 
 from tasks.config import Settings
 from tasks.evaluation.metrics import youden_threshold
+from tasks.models.combat import ComBat
 from tasks.models.features import FeatureData, icc_source, patient_groups, training_rows
-from tasks.models.harmonise import SITE_COLUMN, ComBat
+from tasks.models.harmonise import SITE_COLUMN
 from tasks.models.selection import ICCFilter, LassoSelector, PearsonFilter
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,7 @@ class FamilyFeatures(TransformerMixin, BaseEstimator):
     pearson_threshold : |r| above which one of a pair is dropped.
     pca_variance : explained variance kept by the PCA of deep features.
     combat : harmonise the handcrafted (``hf``) columns across sites with
-        :class:`~tasks.models.harmonise.ComBat` first (the matrix then needs the
+        :class:`~tasks.models.combat.ComBat` first (the matrix then needs the
         ``meta:site`` column). Deep features are not harmonised: the CNN learns from the
         images of every training site, and the PCA would mix a per-site shift into every
         component.

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tasks.data.store import FeatureStore
-from tests.flows.conftest import SMALL_CNN
+from tests.flows.conftest import run_env
 
 
 @pytest.mark.slow
@@ -81,7 +81,7 @@ def test_validate_on_s3_failing_a_tenth_of_requests_is_ridden_out(
     store, tracking = _copy_to_s3(Path(settings.store), s3_bucket, s3_endpoint, tmp_path)
     log = tmp_path / "validate.log"
     with FaultyS3Proxy(s3_endpoint, share=0.1, seed=5) as proxy:
-        env = {**SMALL_CNN, "AWS_ENDPOINT_URL": proxy.url, "MLFLOW_TRACKING_URI": tracking}
+        env = {**run_env(settings), "AWS_ENDPOINT_URL": proxy.url, "MLFLOW_TRACKING_URI": tracking}
         args = ["validate", "--store", store, "--auc-floor", "0", "--workers", "2"]
         rc = sln(args, env, log).wait(timeout=900)
         counts = dict(proxy.counts)

@@ -20,12 +20,12 @@ from pathlib import Path
 
 import dask
 import pytest
-import yaml
 
 from flows.runtime import slurm as slurm_runtime
 from flows.runtime.runners import task_runner
 from flows.runtime.tls import make_certs
-from tasks.config import INFRA_DIR, Settings
+from tasks.config import Settings
+from tests.conftest import original_only_params
 
 SLN = str(Path(sys.executable).parent / "sln")
 SECRET = "AWS_SECRET_ACCESS_KEY"
@@ -233,17 +233,6 @@ def completed_jobs(slurm_dir: Path) -> dict[str, dict[str, str]]:
         fields = dict(re.findall(r"(\w+)=(\S*)", line))
         jobs[fields["JobId"]] = fields
     return jobs
-
-
-def original_only_params(folder: Path) -> Path:
-    """The project's radiomics settings on the original image only (no wavelet, no LoG):
-    an eighth of the extraction time, so the test's time goes to the cluster, not to
-    pyradiomics."""
-    params = yaml.safe_load((INFRA_DIR / "radiomics.yaml").read_text())
-    params["imageType"] = {"Original": {}}
-    path = folder / "radiomics-original.yaml"
-    path.write_text(yaml.safe_dump(params))
-    return path
 
 
 @pytest.mark.slow
