@@ -120,11 +120,12 @@ _S3_ENV = (
 def s3_bucket(s3_endpoint) -> str:
     """A fresh bucket per test; returns ``s3://<bucket>``."""
     import boto3
-    import s3fs
+
+    from tasks.data.s3 import S3FileSystem  # the class fsspec makes for s3:// paths
 
     name = f"sln-{uuid.uuid4().hex[:12]}"
     boto3.client("s3", endpoint_url=s3_endpoint).create_bucket(Bucket=name)
-    s3fs.S3FileSystem.clear_instance_cache()
+    S3FileSystem.clear_instance_cache()
     return f"s3://{name}"
 
 

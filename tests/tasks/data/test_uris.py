@@ -165,7 +165,7 @@ def test_a_symlink_inside_a_file_uri_root_pointing_outside_is_refused(tmp_path):
 def test_exists_tells_not_found_from_a_storage_failure(tmp_path, monkeypatch, free_tcp_port):
     # fsspec's isfile answers False to every error: an unreachable store would read as
     # "file not found" and quarantine good cases. Here it is a StorageError (retried).
-    import s3fs
+    from tasks.data.s3 import S3FileSystem  # the class fsspec makes for s3:// paths
 
     (tmp_path / "f.png").write_bytes(b"x")
     assert uris.exists(str(tmp_path / "f.png"))
@@ -175,11 +175,11 @@ def test_exists_tells_not_found_from_a_storage_failure(tmp_path, monkeypatch, fr
     monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_tcp_port()}")  # nobody
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "x")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "x")
-    monkeypatch.setattr(s3fs.S3FileSystem, "retries", 1)
-    s3fs.S3FileSystem.clear_instance_cache()
+    monkeypatch.setattr(S3FileSystem, "retries", 1)
+    S3FileSystem.clear_instance_cache()
     with pytest.raises(uris.StorageError, match="storage error checking s3://b/k.png"):
         uris.exists("s3://b/k.png")
-    s3fs.S3FileSystem.clear_instance_cache()
+    S3FileSystem.clear_instance_cache()
 
 
 def test_exists_on_s3(s3_bucket):
