@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -119,27 +120,14 @@ def store_scale(n_cases: int, chunks: int, work: Path) -> dict:
 
     rng = np.random.default_rng(0)
     template = template_rows(work)
-    store = FeatureStore(str(work / "store-100k"))
+    store = FeatureStore(str(work / "store-small"))
     # Reader 1 only (no perturbed masks), rows carrying the current params hash: a fully
     # extracted store, so planning finds only the new cases.
     settings = Settings(store=store.root, perturb_repeats=False)
     phash = current_params_hash(settings)
-    started = time.perf_counter()
-    batch = 10_000
-    for first in range(0, n_cases, batch):
-        frame = synthetic_rows(template, first, min(batch, n_cases - first), rng)
-        # What commit_chunk adds, without a dict per row (10,000 x 760 values per batch).
-        extra = {"run_id": "bench-seed", "code_version": "bench"}
-        frame = frame.assign(params_hash=phash, **extra)
-        frame[RADIOMICS.timestamp] = pd.Timestamp.now(tz="UTC")
-        store.insert_new(RADIOMICS, frame)
-    seed_s = time.perf_counter() - started
-    cohort = cohort_rows(n_cases + chunks * CHUNK)
-    started = time.perf_counter()
-    plan, _ = plan_radiomics(cohort, store, settings)
-    plan_s = time.perf_counter() - started
 
     def commit_series(offset: int) -> list[dict]:
+        """``chunks`` successive 20-case commits on ``store`` (the one bound at the call)."""
         out = []
         for k in range(chunks):
             frame = synthetic_rows(template, offset + k * CHUNK, CHUNK, rng)
@@ -155,6 +143,24 @@ def store_scale(n_cases: int, chunks: int, work: Path) -> dict:
             )
         return out
 
+    # The same commits on a store that starts empty: the baseline a large table is held to.
+    small = commit_series(0)
+    store = FeatureStore(str(work / "store-100k"))
+    started = time.perf_counter()
+    batch = 10_000
+    for first in range(0, n_cases, batch):
+        frame = synthetic_rows(template, first, min(batch, n_cases - first), rng)
+        # What commit_chunk adds, without a dict per row (10,000 x 760 values per batch).
+        extra = {"run_id": "bench-seed", "code_version": "bench"}
+        frame = frame.assign(params_hash=phash, **extra)
+        frame[RADIOMICS.timestamp] = pd.Timestamp.now(tz="UTC")
+        store.insert_new(RADIOMICS, frame)
+    seed_s = time.perf_counter() - started
+    cohort = cohort_rows(n_cases + chunks * CHUNK)
+    started = time.perf_counter()
+    plan, _ = plan_radiomics(cohort, store, settings)
+    plan_s = time.perf_counter() - started
+
     before = commit_series(n_cases)
     began = time.perf_counter()
     compacted = store.compact(RADIOMICS, at_files=0)  # what a run does at compact_at_files
@@ -166,11 +172,53 @@ def store_scale(n_cases: int, chunks: int, work: Path) -> dict:
         "seed_s": round(seed_s, 1),
         "plan_s": round(plan_s, 2),
         "plan_todo": len(plan.todo),
+        "commits_small": small,
         "commits_before": before,
         "compact_checkpoint_s": round(maintain_s, 2),
         "compacted": compacted,
         "commits_after": after,
     }
+
+
+def plot(sizes: list[dict], store: dict | None, path: Path) -> Path:
+    """Per-case extraction time and worker memory against cohort size; each commit's seconds
+    in order (empty store, then the large store before and after compaction)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    if sizes:
+        n = [r["cases"] for r in sizes]
+        left.plot(n, [r["s_per_case_extract"] for r in sizes], "o-", label="extraction s/case")
+        left.set_xlabel("cohort size (cases)")
+        left.set_ylabel("extraction seconds per case")
+        left.set_ylim(bottom=0)
+        memory = left.twinx()
+        memory.plot(n, [r["worker_mb"] for r in sizes], "s--", color="tab:red")
+        memory.set_ylabel("largest worker peak RSS (MB)", color="tab:red")
+        memory.set_ylim(bottom=0)
+        left.set_title("sln run, radiomics only, 2 workers")
+    if store:
+        start = 0
+        for key, label in (
+            ("commits_small", "empty store"),
+            ("commits_before", f"{store['store_cases']:,} cases stored"),
+            ("commits_after", "same, after compaction"),
+        ):
+            secs = [c["seconds"] for c in store[key]]
+            right.plot(range(start, start + len(secs)), secs, ".-", label=label)
+            start += len(secs)
+        right.set_xlabel("commit (20 cases each), in order")
+        right.set_ylabel("seconds")
+        right.set_ylim(bottom=0)
+        right.legend()
+        right.set_title("chunk commits as the table grows")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
 
 
 def tables(sizes: list[dict], store: dict | None) -> str:
@@ -211,6 +259,8 @@ def tables(sizes: list[dict], store: dict | None) -> str:
             "| --- | --- |",
             f"| planning (`plan_radiomics`, key columns) | {store['plan_s']} s "
             f"({store['plan_todo']} cases to do) |",
+            f"| {len(store['commits_small'])} chunk commits of {CHUNK} cases on an empty store "
+            f"(baseline) | {span(store['commits_small'])} |",
             f"| {len(b)} chunk commits of {CHUNK} cases | {span(b)} |",
             f"| compaction + log checkpoint (`FeatureStore.compact`) | "
             f"{store['compact_checkpoint_s']} s, {store['compacted']['files_before']} files "
@@ -242,10 +292,14 @@ def main() -> None:
         f"{args.store_cases} --chunks {args.chunks}"
     )
     text = f"Command: `{command}`. {machine_line(loads)}\n\n{tables(results, store)}"
+    png = plot(results, store, args.out / "scale.png")
     (args.out / "scale.md").write_text(text + "\n")
     print(text)
     if args.write:
-        write_section("scale", text)
+        shutil.copy(png, ROOT / "docs" / "bench-scale.png")
+        write_section(
+            "scale", f"{text}\n\n![scale: per-case time, memory, commits](docs/bench-scale.png)"
+        )
 
 
 if __name__ == "__main__":
