@@ -19,17 +19,22 @@ import os
 import time
 from collections.abc import Iterator
 from contextvars import ContextVar
+from typing import TYPE_CHECKING
 
 import dask
-from distributed import Nanny, Scheduler, SpecCluster
-from prefect_dask import DaskTaskRunner
 
 from flows.runtime.env import GPU_RESOURCE, MALLOC_ENV, ONE_THREAD_ENV
 from tasks.config import Settings
 
+if TYPE_CHECKING:  # distributed and prefect_dask load when a run extracts (about 0.5 s)
+    from distributed import SpecCluster
+    from prefect_dask import DaskTaskRunner
+
 
 def local_cluster(n_workers: int = 2, gpu_workers: int = 1, memory_limit: str = "auto"):
     """A loopback cluster: ``n_workers`` process workers, ``gpu_workers`` of them GPU=1."""
+    from distributed import Nanny, Scheduler, SpecCluster
+
     env = dict(ONE_THREAD_ENV)
     if os.environ.get("PREFECT_API_URL"):
         env["PREFECT_API_URL"] = os.environ["PREFECT_API_URL"]
@@ -132,6 +137,8 @@ def cluster_kind(settings: Settings) -> str:
 
 
 def task_runner(settings: Settings) -> DaskTaskRunner:
+    from prefect_dask import DaskTaskRunner
+
     kind = cluster_kind(settings)
     if kind == "slurm":
         from flows.runtime.slurm import slurm_task_runner

@@ -22,6 +22,7 @@ import json
 import os
 import re
 import tempfile
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -87,6 +88,35 @@ def prepare(manifest: Path, work: Path, settings: Settings, name: str) -> dict:
             "cases": len(records), "perturb": perturb}  # fmt: skip
 
 
+class MachineProbe:
+    """This machine's speed just before each contender: CPU seconds of one fixed piece of
+    work (the first cases' regions, ``execute`` per region, in this process, best of 2).
+    The speed of these shared machines moves by up to 40% over minutes; a contender that ran
+    while the probe was slow ran on a slow machine, whatever its own code did."""
+
+    def __init__(self, prep: dict, cases: int = 2) -> None:
+        from tasks.features.radiomics import load_params, make_extractor
+
+        records = json.loads(prep["cases_json"].read_text())[:cases]
+        self.regions = [r for c in records for r in case_regions(c, perturb=prep["perturb"])]
+        self.extractor = make_extractor(load_params(Settings().radiomics_params))
+        self.seconds: dict[str, float] = {}
+        self.measure()  # warm: imports and first-call costs stay out of the probe
+
+    def measure(self) -> float:
+        best = float("inf")
+        for _ in range(2):
+            started = time.process_time()
+            for region in self.regions:
+                self.extractor.execute(region.image, region.mask)
+            best = min(best, time.process_time() - started)
+        return round(best, 3)
+
+    def run(self, name: str, cmd: list[str], env: dict | None = None) -> Timing:
+        self.seconds[name] = self.measure()
+        return timed(name, cmd, env=env)
+
+
 def summary_value(out: str, key: str) -> float:
     match = re.search(rf"^{key}: ([0-9.]+)$", out, re.M)
     return float(match.group(1)) if match else float("nan")
@@ -97,7 +127,9 @@ def cli_command(csv: Path, params: str, out: Path) -> list[str]:
             "-o", str(out), "-f", "csv"]  # fmt: skip
 
 
-def bench_workload(kind: str, workload: str, manifest: Path, work: Path, settings: Settings):
+def bench_workload(
+    kind: str, workload: str, manifest: Path, work: Path, settings: Settings, rounds: int = 2
+):
     env = {
         "SLN_DATA_ROOTS": f"{manifest.parent}:{settings.shared_data}",
         "SLN_EMBED": "false",
@@ -112,55 +144,71 @@ def bench_workload(kind: str, workload: str, manifest: Path, work: Path, setting
     )
     prep = prepare(manifest, work, run_settings, workload)
     params = str(settings.radiomics_params)
-    bare = timed(
-        f"bare loop: {WORKERS} processes, execute per region",
-        [
-            str(BIN / "python"),
-            str(ROOT / "tests/bench/bare_loop.py"),
-            str(prep["cases_json"]),
-            params,
-            str(settings.ring_mm),
-            str(settings.ring_px),
-            str(WORKERS),
-            "1" if prep["perturb"] else "0",
-        ],  # fmt: skip
-    )
-    bare_inner = json.loads(bare.stdout_tail.strip().splitlines()[-1])["seconds"]
+    bare_cmd = [
+        str(BIN / "python"),
+        str(ROOT / "tests/bench/bare_loop.py"),
+        str(prep["cases_json"]),
+        params,
+        str(settings.ring_mm),
+        str(settings.ring_px),
+        str(WORKERS),
+        "1" if prep["perturb"] else "0",
+    ]  # fmt: skip
+    probe = MachineProbe(prep)
     head = work / f"cli-head-{workload}.csv"
     pd.read_csv(prep["cli_csv"]).head(2).to_csv(head, index=False)
+
+    def sln_run(k: int) -> tuple[Timing, list[str]]:
+        store = str(work / f"sln-store-{workload}-{k}")  # a fresh store: every case extracted
+        cmd = [str(BIN / "sln"), "run", str(manifest), "--store", store, "--workers", str(WORKERS)]
+        return probe.run(f"sln run --workers {WORKERS} (run {k})", cmd, env), cmd
+
+    # This machine's speed drifts by up to 40% over minutes, so the bare loop and `sln run`
+    # run in ABBA order (bare, sln, ..., sln, bare): a linear drift cancels in the sums.
+    bare_name = f"bare loop: {WORKERS} processes, execute per region (run {{}})"
+    bares, slns = [probe.run(bare_name.format(1), bare_cmd)], []
+    first, sln_cmd = sln_run(1)
+    slns.append(first)
+    second = probe.run("sln run again (unchanged cohort)", sln_cmd, env)
     cli_startup = timed("CLI, 2 regions", cli_command(head, params, work / "cli-head.out"))
-    cli = timed(
+    cli = probe.run(
         f"pyradiomics CLI --jobs {WORKERS}",
         cli_command(prep["cli_csv"], params, work / f"cli-{workload}.out"),
     )
-    store = str(work / f"sln-store-{workload}")
-    sln = [str(BIN / "sln"), "run", str(manifest), "--store", store, "--workers", str(WORKERS)]
-    first = timed(f"sln run --workers {WORKERS}", sln, env=env)
-    second = timed("sln run again (unchanged cohort)", sln, env=env)
-    extract_s = summary_value(first.stdout_tail, "extract_seconds")
+    for k in range(2, rounds + 1):
+        slns.append(sln_run(k)[0])
+        bares.append(probe.run(bare_name.format(k), bare_cmd))
+    bare_inner = [json.loads(b.stdout_tail.strip().splitlines()[-1])["seconds"] for b in bares]
+    extract_s = [summary_value(s.stdout_tail, "extract_seconds") for s in slns]
+    bare_wall = sum(b.wall_s for b in bares) / len(bares)
+    sln_wall = sum(s.wall_s for s in slns) / len(slns)
     split = {key: summary_value(first.stdout_tail, key) for key in SPLIT_KEYS}
+    pairs = zip(bares, slns, strict=True)  # each sln run next to the bare run beside it
     result = {
         "dataset": kind,
         "workload": workload,
         "cases": prep["cases"],
         "regions": prep["regions"],
         "perturbed_masks": prep["perturb"],
-        "bare_loop": bare,
-        "bare_loop_startup_s": round(bare.wall_s - bare_inner, 2),
+        "bare_runs": bares,
+        "bare_loop_startup_s": round(bares[0].wall_s - bare_inner[0], 2),
         "cli": cli,
         "cli_startup_s": cli_startup.wall_s,
+        "sln_runs": slns,
         "sln_run": first,
         "sln_run_extract_s": extract_s,
-        "sln_run_startup_s": round(first.wall_s - extract_s, 2),
+        "sln_run_startup_s": round(first.wall_s - extract_s[0], 2),
         "sln_run_split": split,
         "bare_loop_inner_s": bare_inner,
         "sln_run_again": second,
         "sln_run_again_cases_new": summary_value(second.stdout_tail, "cases_new"),
-        "speed_cli": round(bare.wall_s / cli.wall_s, 3),
-        "speed_sln_wall": round(bare.wall_s / first.wall_s, 3),
-        "speed_sln_extract": round(bare_inner / extract_s, 3),
+        "probes": probe.seconds,
+        "speed_cli": round(bare_wall / cli.wall_s, 3),
+        "speed_sln_wall": round(bare_wall / sln_wall, 3),
+        "speed_sln_pairs": [round(b.wall_s / s.wall_s, 3) for b, s in pairs],
+        "speed_sln_extract": round(sum(bare_inner) / sum(extract_s), 3),
         "rerun_share": round(second.wall_s / first.wall_s, 3),
-        "sln_vs_cli": round(cli.wall_s / first.wall_s, 3),
+        "sln_vs_cli": round(cli.wall_s / sln_wall, 3),
     }
     return result, prep
 
@@ -219,8 +267,8 @@ def split_table(results: list[dict]) -> str:
     for i, (label, _) in enumerate(columns[0]):
         lines.append(f"| {label} | " + " | ".join(col[i][1] for col in columns) + " |")
     bare = [
-        f"{r['bare_loop_startup_s']:.1f} + {r['bare_loop_inner_s']:.1f}; "
-        f"CPU {r['bare_loop'].cpu_s:.1f}"
+        f"{r['bare_loop_startup_s']:.1f} + {r['bare_loop_inner_s'][0]:.1f}; "
+        f"CPU {r['bare_runs'][0].cpu_s:.1f}"
         for r in results
     ]
     lines.append("| bare loop: start-up + extraction s; CPU s | " + " | ".join(bare) + " |")
@@ -230,32 +278,42 @@ def split_table(results: list[dict]) -> str:
 def table(results: list[dict]) -> str:
     lines = [
         "| dataset / workload | cases (regions) | contender | wall s | speed vs bare loop "
-        "| CPU s, all processes | peak RSS MB: main / largest child | start-up s |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| CPU s, all processes | peak RSS MB: main / largest child | start-up s "
+        "| machine probe s |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in results:
         label = f"{r['dataset']} / {r['workload']}"
         size = f"{r['cases']} ({r['regions']})"
-        for timing, speed, startup in (
-            (r["bare_loop"], 1.0, r["bare_loop_startup_s"]),
-            (r["cli"], r["speed_cli"], r["cli_startup_s"]),
-            (r["sln_run"], r["speed_sln_wall"], r["sln_run_startup_s"]),
-            (r["sln_run_again"], None, None),
-        ):
+        bares, slns = r["bare_runs"], r["sln_runs"]
+        # In the order they ran (ABBA); an sln run's speed is against its neighbouring bare run.
+        ordered = [(bares[0], "1.0", r["bare_loop_startup_s"])]
+        ordered.append((slns[0], r["speed_sln_pairs"][0], r["sln_run_startup_s"]))
+        ordered += [(r["sln_run_again"], "", ""), (r["cli"], "", r["cli_startup_s"])]
+        for k in range(1, len(slns)):
+            ordered += [(slns[k], r["speed_sln_pairs"][k], ""), (bares[k], "1.0", "")]
+        for timing, speed, startup in ordered:
             lines.append(
-                f"| {label} | {size} | {timing.name} | {timing.wall_s} | "
-                f"{'' if speed is None else speed} | {timing.cpu_s} | {timing.main_mb:.0f} / "
-                f"{timing.children_mb:.0f} | {'' if startup is None else startup} |"
+                f"| {label} | {size} | {timing.name} | {timing.wall_s} | {speed} | "
+                f"{timing.cpu_s} | {timing.main_mb:.0f} / {timing.children_mb:.0f} | {startup} | "
+                f"{r['probes'].get(timing.name, '')} |"
             )
-        lines.append(
-            f"| {label} | | sln extraction phase only | {r['sln_run_extract_s']} | "
-            f"{r['speed_sln_extract']} | | | |"
-        )
-        versus_cli = f"| {label} | | sln vs CLI (CLI wall / sln wall) | | {r['sln_vs_cli']} |"
-        lines.append(versus_cli + " | | |")
+        n = len(slns)
+        mean_bare = sum(b.wall_s for b in bares) / len(bares)
+        mean_sln = sum(s.wall_s for s in slns) / n
+        for name, wall, speed in (
+            (f"**bare loop, mean of {len(bares)}**", mean_bare, 1.0),
+            (f"**sln run, mean of {n}**", mean_sln, r["speed_sln_wall"]),
+            ("**pyradiomics CLI --jobs 2** (once, between them)", r["cli"].wall_s, r["speed_cli"]),
+            (f"sln extraction phase only, sum of {n}", sum(r["sln_run_extract_s"]),
+             r["speed_sln_extract"]),
+        ):  # fmt: skip
+            lines.append(f"| {label} | | {name} | {wall:.2f} | **{speed}** | | | | |")
+        versus_cli = f"| {label} | | sln vs CLI (CLI wall / mean sln wall) | | {r['sln_vs_cli']} |"
+        lines.append(versus_cli + " | | | |")
         lines.append(
             f"| {label} | | re-run / first run | {r['rerun_share']:.1%} "
-            f"({r['sln_run_again_cases_new']:.0f} cases extracted) | | | | |"
+            f"({r['sln_run_again_cases_new']:.0f} cases extracted) | | | | | |"
         )
     return "\n".join(lines)
 
@@ -266,6 +324,9 @@ def main() -> None:
     parser.add_argument("--datasets", default="busbra")
     parser.add_argument("--workloads", default=",".join(WORKLOADS))
     parser.add_argument("--profile-cases", type=int, default=20)
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="bare loop and sln runs each (ABBA order)"
+    )
     parser.add_argument("--out", type=Path, default=ROOT / "bench-out")
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = parser.parse_args()
@@ -288,18 +349,18 @@ def main() -> None:
         work = Path(tempfile.mkdtemp(prefix=f"bench-{kind}-"))
         manifest = make_manifest(kind, args.cases, work, settings)
         for workload in args.workloads.split(","):
-            result, prep = bench_workload(kind, workload, manifest, work, settings)
+            result, prep = bench_workload(kind, workload, manifest, work, settings, args.rounds)
             save(args.out / f"radiomics-{kind}-{workload}.json", result)
             results.append(result)
-            for key in ("bare_loop", "cli", "sln_run", "sln_run_again"):
-                loads.extend(result[key].load)
+            for timing in (*result["bare_runs"], *result["sln_runs"], result["cli"]):
+                loads.extend(timing.load)
             if workload == "icc" and args.profile_cases:
                 profiles.append((kind, profile_table(prep, args.profile_cases)))
     split = f"Where `sln run`'s wall time went (from its summary):\n\n{split_table(results)}"
     text = f"{table(results)}\n\n{server_line}\n\n{split}"
     command = (
         f"python -m tests.bench.bench_radiomics --cases {args.cases} --datasets "
-        f"{args.datasets} --workloads {args.workloads}"
+        f"{args.datasets} --workloads {args.workloads} --rounds {args.rounds}"
     )
     header = f"Command: `{command}`. {machine_line(loads)}"
     args.out.mkdir(parents=True, exist_ok=True)

@@ -110,28 +110,29 @@ def profile(cases: Sequence[Mapping[str, Any]], params: Mapping[str, Any], pertu
 def cpu_versus_execute(
     cases: Sequence[Mapping[str, Any]], params: Mapping[str, Any], perturb: bool, rounds: int = 2
 ) -> str:
-    """CPU seconds (this process, so other load matters little) of the same regions measured
-    by ``execute`` per region and by the step's shared path, alternated, best of ``rounds``."""
+    """CPU seconds (this process) of the same regions measured by ``execute`` per region and
+    by the step's shared path, alternated case by case (which goes first alternates too), so
+    that a machine whose speed drifts over minutes slows both alike; summed over ``rounds``."""
     from tasks.features.imaging import case_regions
     from tasks.features.radiomics import extract_region, make_extractor
     from tasks.features.radiomics_shared import SharedImage
 
     extractor = make_extractor(params)
     cases_regions = [case_regions(case, perturb=perturb) for case in cases]
-    best = {"execute": float("inf"), "shared": float("inf")}
-    for _ in range(rounds):
-        for mode in best:
-            started = time.process_time()
-            for regions in cases_regions:
+    total = {"execute": 0.0, "shared": 0.0}
+    for round_ in range(rounds):
+        for i, regions in enumerate(cases_regions):
+            for mode in sorted(total, reverse=(i + round_) % 2 == 1):
+                started = time.process_time()
                 shared = SharedImage(extractor, regions[0].image) if mode == "shared" else None
                 for region in regions:
                     extract_region(extractor, region, shared)
-            best[mode] = min(best[mode], time.process_time() - started)
+                total[mode] += time.process_time() - started
     n = sum(len(r) for r in cases_regions)
     return (
-        f"CPU s for {len(cases)} cases ({n} regions), best of {rounds}: `execute` per region "
-        f"{best['execute']:.2f}, each image filtered once {best['shared']:.2f}: "
-        f"{best['execute'] / best['shared']:.3f}x."
+        f"CPU s for {len(cases)} cases ({n} regions) x {rounds} rounds, alternated case by "
+        f"case: `execute` per region {total['execute']:.2f}, each image filtered once "
+        f"{total['shared']:.2f}: {total['execute'] / total['shared']:.3f}x."
     )
 
 

@@ -85,6 +85,20 @@ def test_worker_imports_stay_lean_in_a_fresh_process():
     assert out.stdout.strip() == "[]"
 
 
+def test_the_flow_process_loads_no_dask_cluster_code_until_a_run_extracts():
+    """A re-run with nothing to extract pays only its start-up: distributed and prefect-dask
+    (about 0.5 s of imports) load when a cluster or task runner is made, not at import."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, flows.cohort, flows.retrain, flows.validate;"
+        "print(sorted(m for m in ('distributed', 'prefect_dask') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
 @pytest.mark.slow
 def test_a_radiomics_worker_stays_lean_after_real_chunks(tiny_cohort, tmp_path, prefect_api):
     """The real subflow runs radiomics chunks on a local cluster's workers; afterwards each
