@@ -34,6 +34,7 @@ from flows.runtime.runners import task_runner
 from tasks.config import Settings
 from tasks.data.store import FeatureStore
 from tasks.features.plan import (
+    ChunkResult,
     CommitCounts,
     EmbeddingWork,
     WorkPlan,
@@ -115,6 +116,7 @@ def commit_as_completed(
             # looking for futures, twice per commit (about 2 s of CPU per 20-case chunk).
             counts = commits[kind](opaque(result), store, run_id, force)
             counts.commit_seconds = time.monotonic() - started
+            _forget(future, result)
             totals[kind].add(counts)
             done = totals[kind]
             logger.info(
@@ -125,6 +127,16 @@ def commit_as_completed(
                 done.cases + done.failed,
             )
     return totals
+
+
+def _forget(future: PrefectFuture, result: ChunkResult) -> None:
+    """Drop a committed chunk's rows everywhere, so memory stays flat as cohorts grow: the
+    worker keeps a task's result while its Dask key is held (release it), and the flow
+    process keeps it in the future's cached final state, referenced by ``as_completed``
+    until the last chunk (empty the rows in place)."""
+    future.wrapped_future.release()
+    result.rows.clear()
+    result.failures.clear()
 
 
 def _worker_lost(exc: BaseException) -> bool:
