@@ -122,11 +122,14 @@ demo-busbra: $(STAMP)
 
 # Radiomics: sln run vs the bare per-region pyradiomics loop vs pyradiomics' CLI (ICC and
 # reader-1 workloads, one run, same inputs) plus the profile table; then the CNN benchmark.
-# The radiomics tables are written into BENCHMARKS.md. Run on a quiet machine. Then what the
+# The radiomics tables are written into BENCHMARKS.md. Run on a quiet machine. Then one
+# chunk's CPU layer by layer (plain process, plain Dask task, Prefect task) and what the
 # orchestration costs: per-process memory and CPU of `sln run`, Prefect's CPU per task.
 bench: $(STAMP)
 	$(BIN)/python -m tests.bench.bench_radiomics --cases $(or $(CASES),400) --datasets busbra \
 	  --out bench-out --write
+	$(BIN)/python -m tests.bench.worker_layers bench-out/cases-busbra-icc.json --cases 20 \
+	  --rounds 4 --perturb --write
 	$(BIN)/python -m tests.bench.orchestration --cases 12 --tasks 100 --write
 	$(BIN)/python -m tests.bench.bench_embedding --cases 200 --size 224 --out bench-out --write
 

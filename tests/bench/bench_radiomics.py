@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -351,6 +352,8 @@ def main() -> None:
         for workload in args.workloads.split(","):
             result, prep = bench_workload(kind, workload, manifest, work, settings, args.rounds)
             save(args.out / f"radiomics-{kind}-{workload}.json", result)
+            # kept for tests.bench.worker_layers (make bench runs it next, on the icc cases)
+            shutil.copy(prep["cases_json"], args.out / f"cases-{kind}-{workload}.json")
             results.append(result)
             for timing in (*result["bare_runs"], *result["sln_runs"], result["cli"]):
                 loads.extend(timing.load)
