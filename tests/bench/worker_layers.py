@@ -22,7 +22,7 @@ from collections.abc import Callable
 
 import psutil
 
-from tests.bench.common import BIN, machine_line, timed, write_section
+from tests.bench.common import machine_line, write_section
 
 
 def plain(chunk: list[dict], params: dict, settings) -> float:
@@ -42,6 +42,7 @@ def main() -> None:
     from prefect_dask import DaskTaskRunner
 
     from flows.runtime.runners import local_cluster
+    from flows.runtime.server import ensure_api
     from tasks.config import Settings
     from tasks.features.radiomics import extract_chunk_task, load_params, quiet_radiomics
 
@@ -53,8 +54,7 @@ def main() -> None:
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = parser.parse_args()
     quiet_radiomics()
-    timed("Prefect server", [str(BIN / "sln"), "server"])  # up before anything is timed
-    os.environ.setdefault("PREFECT_API_URL", "http://127.0.0.1:4200/api")
+    ensure_api()  # the local Prefect server, found or started before anything is timed
     chunk = json.loads(open(args.cases_json).read())[: args.cases]
     settings = Settings(perturb_repeats=args.perturb)
     params = load_params(settings.radiomics_params)

@@ -71,32 +71,28 @@ def _worker_report() -> dict:
     return {"modules": set(sys.modules), "rss_mb": psutil.Process().memory_info().rss / 2**20}
 
 
-def test_worker_imports_stay_lean_in_a_fresh_process():
-    """What a worker imports to run a radiomics chunk: the task's module, and the flow's
-    module (prefect-dask ships the flow run's context, flow included, with every task)."""
+def _loaded_after(imports: str, modules: tuple[str, ...]) -> str:
+    """Which of ``modules`` a fresh process holds after ``import <imports>``."""
     import subprocess
     import sys
 
-    code = (
-        "import sys, distributed, prefect_dask, tasks.features.radiomics, flows.extract;"
-        f"print(sorted(m for m in {HEAVY!r} if m in sys.modules))"
-    )
+    code = f"import sys, {imports}; print(sorted(m for m in {modules!r} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    return out.stdout.strip()
+
+
+def test_worker_imports_stay_lean_in_a_fresh_process():
+    """What a worker imports to run a radiomics chunk: the task's module, and the flow's
+    module (prefect-dask ships the flow run's context, flow included, with every task)."""
+    imports = "distributed, prefect_dask, tasks.features.radiomics, flows.extract"
+    assert _loaded_after(imports, HEAVY) == "[]"
 
 
 def test_the_flow_process_loads_no_dask_cluster_code_until_a_run_extracts():
     """A re-run with nothing to extract pays only its start-up: distributed and prefect-dask
     (about 0.5 s of imports) load when a cluster or task runner is made, not at import."""
-    import subprocess
-    import sys
-
-    code = (
-        "import sys, flows.cohort, flows.retrain, flows.validate;"
-        "print(sorted(m for m in ('distributed', 'prefect_dask') if m in sys.modules))"
-    )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    imports = "flows.cohort, flows.retrain, flows.validate"
+    assert _loaded_after(imports, ("distributed", "prefect_dask")) == "[]"
 
 
 @pytest.mark.slow
