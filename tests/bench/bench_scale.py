@@ -62,10 +62,29 @@ def run_sizes(sizes: list[int], work: Path) -> tuple[list[dict], list[float]]:
                 "cases_per_s": round(n / first.wall_s, 3),
                 "s_per_case_extract": round(extract / n, 4),
                 "flow_mb": first.main_mb,
+                **flow_memory(first.main_series),
                 "worker_mb": first.children_mb,
             }
         )
     return results, loads
+
+
+def flow_memory(series: list[tuple[float, float]]) -> dict:
+    """The flow process's RSS over the run: its median over the extraction's middle half
+    (the level it runs at; flat as the cohort grows or not) and when its peak came (a
+    moment, such as a commit or the end-of-run compaction, or the end of a growth)."""
+    if not series:
+        return {}
+    seconds = np.array([t for t, _ in series])
+    rss = np.array([mb for _, mb in series])
+    middle = rss[(seconds >= 0.25 * seconds[-1]) & (seconds <= 0.75 * seconds[-1])]
+    peak = int(np.argmax(rss))
+    return {
+        "flow_mid_median_mb": float(np.median(middle if middle.size else rss)),
+        "flow_last_quarter_median_mb": float(np.median(rss[seconds >= 0.75 * seconds[-1]])),
+        "flow_peak_at_s": float(seconds[peak]),
+        "flow_peak_at_share": round(float(seconds[peak] / seconds[-1]), 3),
+    }
 
 
 def template_rows(work: Path) -> list[dict]:
@@ -188,7 +207,7 @@ def plot(sizes: list[dict], store: dict | None, path: Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+    fig, (left, middle, right) = plt.subplots(1, 3, figsize=(16, 4))
     if sizes:
         n = [r["cases"] for r in sizes]
         left.plot(n, [r["s_per_case_extract"] for r in sizes], "o-", label="extraction s/case")
@@ -200,6 +219,17 @@ def plot(sizes: list[dict], store: dict | None, path: Path) -> Path:
         memory.set_ylabel("largest worker peak RSS (MB)", color="tab:red")
         memory.set_ylim(bottom=0)
         left.set_title("sln run, radiomics only, 2 workers")
+        for r in sizes:
+            series = r["run"].main_series
+            if series:
+                end = series[-1][0] or 1.0
+                middle.plot([t / end for t, _ in series], [mb for _, mb in series], lw=0.7,
+                            label=f"{r['cases']:,} cases ({end:.0f} s)")  # fmt: skip
+        middle.set_xlabel("share of the run's wall time")
+        middle.set_ylabel("flow process RSS (MB)")
+        middle.set_ylim(bottom=0)
+        middle.legend()
+        middle.set_title("flow process memory over each run")
     if store:
         start = 0
         for key, label in (
@@ -224,13 +254,19 @@ def plot(sizes: list[dict], store: dict | None, path: Path) -> Path:
 def tables(sizes: list[dict], store: dict | None) -> str:
     lines = [
         "| cases | wall s | extraction s | cases/s (wall) | extraction s/case "
-        "| peak RSS MB: flow / largest worker |",
-        "| --- | --- | --- | --- | --- | --- |",
+        "| peak RSS MB: flow / largest worker | flow RSS MB: median mid-run / last quarter "
+        "| flow peak at |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for r in sizes:
+        level = peak_at = "n/a"
+        if "flow_mid_median_mb" in r:
+            level = f"{r['flow_mid_median_mb']:.0f} / {r['flow_last_quarter_median_mb']:.0f}"
+            peak_at = f"{r['flow_peak_at_s']:.0f} s ({r['flow_peak_at_share']:.0%} of the run)"
         lines.append(
             f"| {r['cases']} | {r['run'].wall_s} | {r['extract_s']} | {r['cases_per_s']} | "
-            f"{r['s_per_case_extract']} | {r['flow_mb']:.0f} / {r['worker_mb']:.0f} |"
+            f"{r['s_per_case_extract']} | {r['flow_mb']:.0f} / {r['worker_mb']:.0f} | "
+            f"{level} | {peak_at} |"
         )
     if len(sizes) > 1:
         per_case = [r["s_per_case_extract"] for r in sizes]

@@ -33,6 +33,8 @@ class Timing:
     # CPU seconds of the command's own process (``sln run``: the flow process, with the
     # local cluster's scheduler and nannies, which run in it).
     main_cpu_s: float = 0.0
+    # The command's own process over the run: (seconds since start, RSS MB), one per sample.
+    main_series: list[tuple[float, float]] = field(default_factory=list)
 
     @property
     def peak_worker_mb(self) -> float:
@@ -57,13 +59,16 @@ def _is_service(label: str) -> bool:
 
 
 class MemorySampler(threading.Thread):
-    """Max RSS of every process in a tree, sampled every ``interval`` seconds."""
+    """Max RSS of every process in a tree, sampled every ``interval`` seconds, and the root
+    process's RSS over time (``series``: whether a peak is growth or a moment)."""
 
     def __init__(self, pid: int, interval: float = 0.25):
         super().__init__(daemon=True)
         self.pid, self.interval = pid, interval
         self.peaks: dict[int, tuple[str, float]] = {}
         self.cpu: dict[int, float] = {}  # user + system seconds, at the last sample
+        self.series: list[tuple[float, float]] = []
+        self.started = time.perf_counter()
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -83,6 +88,8 @@ class MemorySampler(threading.Thread):
                     continue
                 if rss > self.peaks.get(proc.pid, ("", 0.0))[1]:
                     self.peaks[proc.pid] = (label, rss)
+                if proc.pid == self.pid:
+                    self.series.append((round(time.perf_counter() - self.started, 2), round(rss)))
             time.sleep(self.interval)
 
 
@@ -112,7 +119,16 @@ def timed(name: str, cmd: list[str], env: dict | None = None, cwd: Path = ROOT) 
     cpu = round(sum(sampler.cpu.values()), 1)
     main_cpu = round(sampler.cpu.get(proc.pid, 0.0), 1)
     return Timing(
-        name, round(wall, 2), peaks, out[-3000:], round(main, 1), load, proc.pid, cpu, main_cpu
+        name,
+        round(wall, 2),
+        peaks,
+        out[-3000:],
+        round(main, 1),
+        load,
+        proc.pid,
+        cpu,
+        main_cpu,
+        sampler.series,
     )
 
 
