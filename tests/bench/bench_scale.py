@@ -70,9 +70,9 @@ def run_sizes(sizes: list[int], work: Path) -> tuple[list[dict], list[float]]:
 
 
 def flow_memory(series: list[tuple[float, float]]) -> dict:
-    """The flow process's RSS over the run: its median over the extraction's middle half
-    (the level it runs at; flat as the cohort grows or not) and when its peak came (a
-    moment, such as a commit or the end-of-run compaction, or the end of a growth)."""
+    """The flow process's RSS over the run: its median over the run's middle half and its
+    last quarter (the level it runs at), and when its peak came (a moment, such as a commit
+    or the end-of-run compaction, or the end of a growth)."""
     if not series:
         return {}
     seconds = np.array([t for t, _ in series])
