@@ -130,7 +130,7 @@ bench: $(STAMP)
 	  --out bench-out --write
 	$(BIN)/python -m tests.bench.worker_layers bench-out/cases-busbra-icc.json --cases 20 \
 	  --rounds 4 --perturb --write
-	$(BIN)/python -m tests.bench.orchestration --cases 12 --tasks 100 --write
+	$(BIN)/python -m tests.bench.orchestration --cases 12 --tasks 100 --idle-seconds 60 --write
 	$(BIN)/python -m tests.bench.bench_embedding --cases 200 --size 224 --out bench-out --write
 
 # Growing synthetic cohorts (radiomics only) and a store of 100,000 synthesised cases:

@@ -17,13 +17,13 @@ from __future__ import annotations
 import contextlib
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextvars import ContextVar
 from typing import TYPE_CHECKING
 
 import dask
 
-from flows.runtime.env import GPU_RESOURCE, MALLOC_ENV, ONE_THREAD_ENV
+from flows.runtime.env import DASK_CONFIG, GPU_RESOURCE, MALLOC_ENV, ONE_THREAD_ENV
 from tasks.config import Settings
 
 if TYPE_CHECKING:  # distributed and prefect_dask load when a run extracts (about 0.5 s)
@@ -31,8 +31,14 @@ if TYPE_CHECKING:  # distributed and prefect_dask load when a run extracts (abou
     from prefect_dask import DaskTaskRunner
 
 
-def local_cluster(n_workers: int = 2, gpu_workers: int = 1, memory_limit: str = "auto"):
-    """A loopback cluster: ``n_workers`` process workers, ``gpu_workers`` of them GPU=1."""
+def local_cluster(
+    n_workers: int = 2,
+    gpu_workers: int = 1,
+    memory_limit: str = "auto",
+    dask_config: Mapping[str, object] = DASK_CONFIG,
+):
+    """A loopback cluster: ``n_workers`` process workers, ``gpu_workers`` of them GPU=1.
+    ``dask_config``: Dask settings for its servers ({} keeps Dask's own, for comparison)."""
     from distributed import Nanny, Scheduler, SpecCluster
 
     env = dict(ONE_THREAD_ENV)
@@ -58,12 +64,9 @@ def local_cluster(n_workers: int = 2, gpu_workers: int = 1, memory_limit: str = 
     }
     # glibc reads MALLOC_* at process start: they must be in the nanny's pre-spawn env.
     pre_spawn = {**dask.config.get("distributed.nanny.pre-spawn-environ"), **MALLOC_ENV}
-    # Dask's statistical profiler samples every worker thread: measured here, about +20% CPU
-    # on a radiomics task and 50 MB per worker, for a view nobody opens in batch runs.
-    config = {
-        "distributed.nanny.pre-spawn-environ": pre_spawn,
-        "distributed.worker.profile.enabled": False,
-    }
+    # The scheduler and nannies run in this process, so the quieted timers and profiler
+    # (flows.runtime.env.DASK_CONFIG) are set here; the nannies pass them to their workers.
+    config = {"distributed.nanny.pre-spawn-environ": pre_spawn, **dask_config}
     with dask.config.set(config):
         return SpecCluster(workers=workers, scheduler=scheduler, name="sln-local")
 

@@ -1,10 +1,11 @@
 """Ingest, step 1: read a cohort manifest and check every row and every file it names.
 
 Reads a manifest (CSV or Parquet, local or ``s3://``) and the images and masks its rows
-name (under the configured data roots). Writes nothing: returns a :class:`Validated`, the
-typed ``cohort`` rows (one per valid case version, with resolved paths and content hashes)
-and the ``quarantine`` rows (one per problem: case, column, file, reason). A bad row never
-stops the run; only a manifest that cannot be read at all raises :class:`ManifestError`.
+name (under the configured data roots; a row's files: :mod:`tasks.data.row_files`).
+Writes nothing: returns a :class:`Validated`, the typed ``cohort`` rows (one per valid
+case version, with resolved paths and content hashes) and the ``quarantine`` rows (one per
+problem: case, column, file, reason). A bad row never stops the run; only a manifest that
+cannot be read at all raises :class:`ManifestError`.
 
 DICOM images (:mod:`tasks.data.dicom`) are checked header first: a cine loop needs its
 frame column (``bmus_frame``, ``cdus_frame``), and the pixel size comes from the file
@@ -32,40 +33,29 @@ from datetime import UTC, date, datetime
 
 import numpy as np
 import pandas as pd
-import SimpleITK as sitk
 
 from tasks.config import Settings
-from tasks.data import dicom, headers, schema, uris
+from tasks.data import schema, uris
 from tasks.data.headers import Limits
 from tasks.data.quarantine import quarantine_frame
+from tasks.data.row_files import Problem, read_files, unchanged_files
 from tasks.data.schema import (
     FILE_COLUMNS,
     FRAME_COLUMNS,
     ID_COLUMNS,
     REQUIRED_COLUMNS,
     SPLITS,
-    frame_column,
     normalise_id,
 )
 from tasks.data.secrets import pseudonym_key
 from tasks.data.splits import check_patient_splits
 from tasks.data.tables import COHORT
-from tasks.features.imaging import as_2d, check_mask, error_reason, read_image, storage_error
 
 log = logging.getLogger(__name__)
 
 
 class ManifestError(ValueError):
     """The manifest itself cannot be read (not a single row can be judged)."""
-
-
-@dataclass
-class Problem:
-    """One reason a manifest row is held back: the column at fault and, if any, its file."""
-
-    column: str
-    reason: str
-    file: str | None = None
 
 
 @dataclass
@@ -143,9 +133,6 @@ def _parse_spacing(value: object) -> float | None:
     return spacing
 
 
-SPACING_TOLERANCE = 0.05  # a manifest spacing this far from the file's is a wrong value
-
-
 def _parse_frame(value: object, column: str) -> int | None:
     if _empty(value):
         return None
@@ -158,60 +145,18 @@ def _parse_frame(value: object, column: str) -> int | None:
     return int(number)
 
 
-def _read_image(uri: str, frame: object, frame_col: str, limits: Limits) -> sitk.Image:
-    """One 2D frame of an image file, its header checked against ``limits`` first
-    (:func:`tasks.features.imaging.read_image`; a one-slice volume loses its slice axis)."""
-    return as_2d(read_image(uri, frame, frame_col, limits, at_ingest=True))
-
-
-def _spacing(
-    record: dict[str, object],
-    mask: np.ndarray | None,
-    header_mm: tuple[float, float] | None,
-    limits: Limits,
-    problems: list[Problem],
-) -> None:
-    """Set ``pixel_spacing_mm`` and ``pixel_spacing_source``: the manifest's value, else the
-    B-mode file's (:func:`_file_spacing`); a manifest value more than 5% off the file's is
-    held back with both values, and the value used must lie in ``spacing_range_mm``."""
-    given = record.get("pixel_spacing_mm")
-    record["pixel_spacing_source"] = "none" if given is None else "manifest"
-    image = str(record.get("bmus_image") or "")
-    try:
-        found, source = headers.file_spacing(image, mask, header_mm)
-    except dicom.DicomError as exc:  # non-square pixels matter only when the file's are used
-        found, source = None, "none"
-        if given is None:
-            problems.append(Problem(exc.column or "bmus_image", exc.reason, image))
-    if found is not None and given is None:
-        record["pixel_spacing_mm"], record["pixel_spacing_source"] = found, source
-    elif found is not None and abs(float(given) - found) > SPACING_TOLERANCE * found:
-        where = {"us_region": "ultrasound region", "header": "image header"}.get(source)
-        problems.append(
-            Problem(
-                "pixel_spacing_mm",
-                f"pixel_spacing_mm {given:g} disagrees with the file's {found:.6g} mm "
-                f"({where or 'PixelSpacing'}) by more than {SPACING_TOLERANCE:.0%}: correct "
-                "the manifest value or leave it empty to use the file's",
-                image,
-            )
-        )
-    used = record.get("pixel_spacing_mm")
-    where = str(record["pixel_spacing_source"]).replace("_", " ")
-    if reason := headers.check_spacing(None if used is None else float(used), limits, where):
-        problems.append(Problem("pixel_spacing_mm", reason, image))
-
-
-def _unreadable(exc: BaseException) -> str:
-    return f"unreadable image: {error_reason(exc)}"[:300]
-
-
 def validate_row(
-    row: Mapping[str, object], base: str, roots: list[str], limits: Limits | None = None
+    row: Mapping[str, object],
+    base: str,
+    roots: list[str],
+    limits: Limits | None = None,
+    previous: Mapping[str, object] | None = None,
 ) -> Result:
     """Check one manifest row: values, paths, files (each file's header against ``limits``,
-    default the settings' defaults, before its pixels are decoded). Returns the resolved
-    record and problems; raises only for a failure of the storage (retried)."""
+    default the settings' defaults, before its pixels are decoded). ``previous``: the stored
+    latest version of this case; when every file is the one it was validated with, the
+    pixels are not decoded again (:func:`tasks.data.row_files.unchanged_files`). Returns
+    the resolved record and problems; raises only for a failure of the storage (retried)."""
     limits = limits or Limits.defaults()
     problems: list[Problem] = []
     record: dict[str, object] = {}
@@ -253,8 +198,8 @@ def validate_row(
             Problem("split", f"split must be one of {', '.join(SPLITS)} or empty, got {split!r}")
         )
 
-    images: dict[str, sitk.Image] = {}
-    for col, image_col in FILE_COLUMNS.items():
+    files: dict[str, str] = {}  # column -> resolved URI, once its path passed the checks
+    for col in FILE_COLUMNS:
         raw = row.get(col)
         record[col] = record[f"{col}_sha256"] = None
         if _empty(raw):
@@ -266,61 +211,10 @@ def validate_row(
         if not uris.within(uri, roots):
             problems.append(Problem(col, "path outside the configured data roots", uri))
             continue
-        try:
-            if not uris.exists(uri):
-                problems.append(Problem(col, "file not found", uri))
-                continue
-            frame_col = frame_column(col) or "bmus_frame"
-            frame = record.get(frame_col)
-            one_frame = image_col is None and not dicom.is_dicom(uri)
-            if frame is not None and frame != 1 and one_frame:
-                problems.append(Problem(frame_col, f"{frame_col} given for a one-frame file", uri))
-                continue
-            image = _read_image(uri, frame, frame_col, limits)
-            sha = uris.sha256(uri)
-        except (dicom.DicomError, headers.HeaderError) as exc:
-            problems.append(Problem(exc.column or col, exc.reason[:300], uri))
-            continue
-        except FileNotFoundError:  # there at the check, gone at the read or the hash
-            problems.append(Problem(col, "file vanished during ingest (found, then gone)", uri))
-            continue
-        except Exception as exc:
-            if _storage_failure(exc):
-                raise  # the storage failed, not the file: the ingest task retries
-            problems.append(Problem(col, _unreadable(exc), uri))
-            continue
-        if image_col is not None:
-            if image_col not in images:
-                if _empty(row.get(image_col)):
-                    problems.append(Problem(col, f"mask given without {image_col}", uri))
-                continue  # the image's own problem is reported once, under its column
-            grid = sitk.GetArrayViewFromImage(images[image_col]).shape[:2]
-            array = sitk.GetArrayViewFromImage(image)
-            if reason := check_mask(array, grid, image.GetNumberOfComponentsPerPixel()):
-                problems.append(Problem(col, reason, uri))
-                continue
-        images[col] = image
-        record[col], record[f"{col}_sha256"] = uri, sha
-    if "bmus_image" in images:
-        mask = images.get("bmus_mask")
-        plane = None if mask is None else sitk.GetArrayViewFromImage(mask)
-        if plane is not None and plane.ndim == 3:
-            plane = plane[..., 0]
-        header_mm = images["bmus_image"].GetSpacing()[:2] if _geometry(record) else None
-        _spacing(record, plane, header_mm, limits, problems)
-    else:
-        record["pixel_spacing_source"] = None
+        files[col] = uri
+    if not unchanged_files(files, record, previous, limits, problems):
+        read_files(files, row, record, limits, problems)
     return record, problems
-
-
-def _geometry(record: Mapping[str, object]) -> bool:
-    return headers.suffix(str(record["bmus_image"])) in headers.GEOMETRY
-
-
-def _storage_failure(exc: BaseException) -> bool:
-    """A failure of the storage (retried), not of the file: see
-    :func:`tasks.features.imaging.storage_error`; a file we may not read is the file's."""
-    return storage_error(exc) and not isinstance(exc, (PermissionError, IsADirectoryError))
 
 
 def _version_payload(record: Mapping[str, object]) -> str:
@@ -361,16 +255,27 @@ def _check_duplicates(results: list[Result]) -> None:
             )
 
 
-def _check_stored_cases(results: list[Result], stored: pd.DataFrame | None, key: bytes) -> None:
+def _latest_versions(
+    stored: pd.DataFrame | None, rows: list[dict[str, object]]
+) -> dict[str, dict[str, object]]:
+    """The stored latest version of each case the manifest names (case id -> row)."""
+    if stored is None or stored.empty:
+        return {}
+    ids = {normalise_id(row.get("case_id")) for row in rows}
+    ordered = stored[stored["case_id"].isin(ids)].sort_values(["ingested_at", "case_version"])
+    latest = ordered.drop_duplicates("case_id", keep="last").set_index("case_id")
+    return latest.to_dict("index")
+
+
+def _check_stored_cases(
+    results: list[Result], latest: Mapping[str, Mapping[str, object]], key: bytes
+) -> None:
     """A ``case_id`` the store already holds for another patient or another site is held
     back: a new version of a case may change its files or clinical fields, not whose or
-    where it is (two different cases under one id would mix their features and splits)."""
-    if stored is None or stored.empty:
-        return
-    latest = stored.sort_values("ingested_at").drop_duplicates("case_id", keep="last")
-    owner = latest.set_index("case_id")[["patient_key", "site"]].to_dict("index")
+    where it is (two different cases under one id would mix their features and splits).
+    ``latest``: :func:`_latest_versions`."""
     for record, problems in results:
-        held = owner.get(str(record["case_id"])) if record["case_id"] else None
+        held = latest.get(str(record["case_id"])) if record["case_id"] else None
         if held is None:
             continue
         if held["patient_key"] != pseudonymise(str(record["patient_id"]), key):
@@ -437,16 +342,22 @@ def validate_manifest(
         )
 
     results: list[Result] = []
+    latest = _latest_versions(stored, rows)  # unchanged files of these are not decoded again
     with ThreadPoolExecutor(max_workers=4) as pool:
         limits = Limits.of(settings)
-        futures = [pool.submit(validate_row, row, base, roots, limits) for row in rows]
+        futures = [
+            pool.submit(
+                validate_row, row, base, roots, limits, latest.get(normalise_id(row.get("case_id")))
+            )
+            for row in rows
+        ]
         for done, fut in enumerate(futures, start=1):
             results.append(fut.result())
             if progress:
                 progress(done, len(rows))
 
     _check_duplicates(results)
-    _check_stored_cases(results, stored, key)
+    _check_stored_cases(results, latest, key)
     keyed = [
         {"patient_key": pseudonymise(str(r["patient_id"]), key), "split": r.get("split")}
         for r, _ in results

@@ -122,7 +122,7 @@ def read_image(
     """
     limits = limits or _LIMITS.get()
     if dicom.is_dicom(str(uri)):
-        headers.check(headers.dicom_info(dicom.read_header(str(uri))), limits, at_ingest)
+        check_header(uri, limits, at_ingest)
         array = dicom.read_pixels(str(uri), frame, frame_col)
         return sitk.GetImageFromArray(array, isVector=array.ndim == 3)
     if not uris.is_uri(uri):
@@ -137,9 +137,27 @@ def read_image(
         os.unlink(tmp)
 
 
-def _decode(path: str, limits: Limits) -> sitk.Image:
+def check_header(uri: str, limits: Limits | None = None, at_ingest: bool = False) -> bool:
+    """Check a file's header against ``limits`` (and a raster's whole length) without
+    decoding a pixel, as :func:`read_image` does first; raises as it does. False when that
+    would need a local copy of the file (an object-store raster): read it whole instead."""
+    limits = limits or _LIMITS.get()
+    if dicom.is_dicom(str(uri)):
+        headers.check(headers.dicom_info(dicom.read_header(str(uri))), limits, at_ingest)
+        return True
+    if uris.is_uri(uri):
+        return False
+    _check_raster(str(uri), limits)
+    return True
+
+
+def _check_raster(path: str, limits: Limits) -> None:
     headers.check(headers.sitk_info(path), limits, at_ingest=False)
     headers.check_whole(path)
+
+
+def _decode(path: str, limits: Limits) -> sitk.Image:
+    _check_raster(path, limits)
     try:
         return sitk.ReadImage(path)
     except RuntimeError as exc:

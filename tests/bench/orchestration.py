@@ -6,6 +6,8 @@
 2. Prefect tasks on Dask against plain Dask tasks, on the project's local cluster: CPU per
    task in the workers, the flow process and the Prefect server; worker start-up and the
    imports a radiomics task pulls in.
+3. What an idle local cluster costs a minute (Dask's timers and profiler), with Dask's own
+   settings and with the project's (``flows.runtime.env.DASK_CONFIG``).
 
 Usage: ``python -m tests.bench.orchestration --cases 12 --write`` (the table goes into the
 ``orchestration`` section of BENCHMARKS.md).
@@ -163,6 +165,35 @@ def prefect_overhead(n: int) -> dict:
     return result
 
 
+def _tree_cpu(procs: list[psutil.Process]) -> float:
+    return sum(p.cpu_times().user + p.cpu_times().system for p in procs)
+
+
+def idle_cluster(seconds: float) -> dict[str, tuple[float, float]]:
+    """CPU seconds a minute of an idle local cluster (2 workers): in this process (the
+    scheduler, the nannies and the client run here, as in ``sln run``'s flow process) and in
+    the two worker processes; Dask's own settings, then the project's."""
+    from distributed import Client
+
+    from flows.runtime.env import DASK_CONFIG
+    from flows.runtime.runners import local_cluster
+
+    result = {}
+    for name, config in (("dask", {}), ("project", DASK_CONFIG)):
+        with (
+            local_cluster(n_workers=2, gpu_workers=1, dask_config=config) as cluster,
+            Client(cluster) as client,
+        ):
+            client.wait_for_workers(2, timeout=120)
+            time.sleep(5)  # past the start-up
+            workers = [psutil.Process(pid) for pid in client.run(os.getpid).values()]
+            here, there = _cpu(), _tree_cpu(workers)
+            time.sleep(seconds)
+            per_minute = 60 / seconds
+            result[name] = ((_cpu() - here) * per_minute, (_tree_cpu(workers) - there) * per_minute)
+    return result
+
+
 def table(run: dict, over: dict, cases: int, tasks: int) -> str:
     workers = sorted(run["workers"], key=lambda w: -w["rss"])
     rows = [
@@ -177,8 +208,8 @@ def table(run: dict, over: dict, cases: int, tasks: int) -> str:
     worker_ms, flow_ms, server_ms = over["prefect_ms"]
     return "\n".join(
         [
-            f"Command: `python -m tests.bench.orchestration --cases {cases} --tasks {tasks}`. "
-            + machine_line(run["loads"]),
+            f"Command: `python -m tests.bench.orchestration --cases {cases} --tasks {tasks} "
+            f"--idle-seconds {over['idle_s']:g}`. " + machine_line(run["loads"]),
             "",
             f"`sln run --workers 2`, {cases} BUS-BRA cases, reader 1, radiomics only (both "
             f"passes: params as stored, then image-normalised, on one shared cluster): "
@@ -198,6 +229,20 @@ def table(run: dict, over: dict, cases: int, tasks: int) -> str:
             f"s wall, {over['worker_start_cpu_s']:.1f} s CPU per worker; then importing what a "
             f"radiomics task needs (`tasks.features.radiomics`, `flows.extract`): "
             f"{over['import_wall_s']:.1f} s wall, {over['import_cpu_s']:.1f} s CPU per worker.",
+            "",
+            f"An idle local cluster (scheduler, 2 nannies, 2 workers), CPU s per minute over "
+            f"{over['idle_s']:.0f} s with nothing to do:",
+            "",
+            "| settings | this process (scheduler, nannies, client) | 2 workers | total |",
+            "| --- | --- | --- | --- |",
+            *(
+                f"| {label} | {over['idle'][key][0]:.2f} | {over['idle'][key][1]:.2f} | "
+                f"{sum(over['idle'][key]):.2f} |"
+                for key, label in (
+                    ("dask", "Dask's own (20 ms tick, 500 ms monitor, profiler on)"),
+                    ("project", "the project's `DASK_CONFIG` (1 s tick, 2 s monitor, no profiler)"),
+                )
+            ),
         ]
     )
 
@@ -206,6 +251,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--cases", type=int, default=12)
     parser.add_argument("--tasks", type=int, default=100)
+    parser.add_argument("--idle-seconds", type=float, default=60)
     parser.add_argument("--write", action="store_true", help="update BENCHMARKS.md")
     args = parser.parse_args()
     loads = [os.getloadavg()[0]]
@@ -213,6 +259,8 @@ def main() -> None:
         run = sln_run(args.cases, Path(tmp))
     loads.append(os.getloadavg()[0])
     over = prefect_overhead(args.tasks)
+    loads.append(os.getloadavg()[0])
+    over["idle"], over["idle_s"] = idle_cluster(args.idle_seconds), args.idle_seconds
     loads.append(os.getloadavg()[0])
     run["loads"] = loads
     text = table(run, over, args.cases, args.tasks)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dask
 import pytest
 from distributed import LocalCluster
 
@@ -20,6 +21,24 @@ def test_local_cluster_has_exactly_one_gpu_worker():
             info = client.scheduler_info(n_workers=-1)["workers"].values()
             assert sorted(str(w["name"]) for w in info) == ["cpu-0", "gpu-0"]
             assert all(w["nthreads"] == 1 for w in info)
+            # Dask's housekeeping timers, quieted in every server (flows.runtime.env): the
+            # scheduler and nannies here, the worker processes through their nanny.
+            servers = [
+                _timers(cluster.scheduler),
+                *(_timers(nanny) for nanny in cluster.workers.values()),
+                *client.run(_timers).values(),
+            ]
+            assert len(servers) == 5
+            assert all(s["tick"] == 1000 and s["monitor"] == 2000 for s in servers), servers
+            assert client.run(lambda: dask.config.get("distributed.worker.profile.enabled")) == {
+                address: False for address in client.scheduler_info()["workers"]
+            }
+
+
+def _timers(server=None, dask_worker=None) -> dict[str, float]:
+    """A Dask server's periodic callbacks: name -> interval in ms."""
+    server = server or dask_worker
+    return {name: pc.callback_time for name, pc in server.periodic_callbacks.items()}
 
 
 def test_cluster_without_gpu_worker_fails_fast():

@@ -1,4 +1,5 @@
-"""Fixtures of the data tests: a tiny cohort's manifest with every kind of bad row added."""
+"""Fixtures of the data tests: a tiny cohort's manifest with every kind of bad row added, and
+a record of the files ingest validation decodes."""
 
 from __future__ import annotations
 
@@ -70,3 +71,20 @@ def bad_manifest(tiny_cohort: Path) -> tuple[Path, list[tuple[dict, str, str]]]:
     dup_conflict = rows.iloc[2].to_dict() | {"label": "1" if rows.iloc[2]["label"] == "0" else "0"}
     _append_rows(tiny_cohort, [r for r, _, _ in bad] + [dup_same, dup_conflict])
     return tiny_cohort, bad
+
+
+@pytest.fixture
+def decoded(monkeypatch) -> list[str]:
+    """The names of the files ingest validation decodes from now on (in order); a header
+    check alone is no decode."""
+    from tasks.data import row_files
+
+    names: list[str] = []
+    read = row_files._read_image
+
+    def counting(uri, *args):
+        names.append(uri.rsplit("/", 1)[-1])
+        return read(uri, *args)
+
+    monkeypatch.setattr(row_files, "_read_image", counting)
+    return names

@@ -189,3 +189,18 @@ def test_a_manifest_cannot_move_a_stored_patient_to_another_split(tiny_cohort, t
     assert "conflicts with the patient's stored split" in quarantine.at["T000", "reason"]
     cohort = FeatureStore(str(store)).read("cohort")
     assert cohort.groupby("patient_key")["split"].nunique().max() == 1
+
+
+def test_reingest_decodes_only_changed_files(tiny_cohort, tmp_path, decoded):
+    store = tmp_path / "store"
+    _ingest(tiny_cohort, store)
+    decoded.clear()
+    assert _ingest(tiny_cohort, store).new_versions == 0
+    assert decoded == []  # every file's bytes (sha256) are those of the stored version
+    # A changed mask is read again and judged as at a first ingest: here, emptied.
+    mask = tiny_cohort.parent / "images" / "T005_mask.png"
+    Image.fromarray(np.zeros_like(np.asarray(Image.open(mask)))).save(mask)
+    report = _ingest(tiny_cohort, store)
+    assert sorted(decoded) == ["T005_bmus.png", "T005_cdus.png", "T005_mask.png"]  # its files
+    assert (report.new_versions, report.quarantined) == (0, 1)
+    assert "T005" in report.problems and "empty" in report.problems["T005"][0]

@@ -11,12 +11,12 @@ from tasks.data.tables import COHORT, QUARANTINE
 from tasks.data.validate import (
     ManifestError,
     case_version,
-    check_mask,
     pseudonymise,
     read_manifest,
     validate_manifest,
     validate_row,
 )
+from tasks.features.imaging import check_mask
 from tests.tasks.data import hostile_files as hostile
 
 

@@ -185,3 +185,38 @@ def test_a_dicom_header_promising_a_huge_frame_is_refused_before_its_pixels(tmp_
         "image is 20000 x 20000 pixels: a side over max_image_side 8192 (SLN_MAX_IMAGE_SIDE); "
         "not decoded"
     ]
+
+
+def test_a_reingest_decodes_only_what_the_stored_version_cannot_vouch_for(dicom_cohort, decoded):
+    first = validate_manifest(str(dicom_cohort), LOOPS, "r")
+    manifest = pd.read_csv(dicom_cohort, dtype=str, keep_default_na=False)
+    manifest[manifest["case_id"].isin(first.cohort["case_id"])].to_csv(dicom_cohort, index=False)
+    decoded.clear()
+    again = validate_manifest(str(dicom_cohort), LOOPS, "r", stored=first.cohort)
+    # Same versions, same pixel sizes and sources, without decoding the unchanged files:
+    # only spacing_ok is read again, since its stored pixel size is the manifest's and the
+    # file's own (which the manifest's must stay within 5% of) was not kept.
+    columns = ["case_id", "case_version", "pixel_spacing_mm", "pixel_spacing_source"]
+    pd.testing.assert_frame_equal(again.cohort[columns], first.cohort[columns])
+    assert again.quarantine.empty
+    assert decoded == ["mono2.dcm", "mask.png"]
+    assert set(first.cohort["pixel_spacing_source"]) == {
+        "us_region",
+        "pixel_spacing",
+        "none",
+        "manifest",
+    }
+
+
+def test_an_unchanged_file_is_still_held_to_todays_header_limits(dicom_cohort):
+    first = validate_manifest(str(dicom_cohort), LOOPS, "r")
+    tight = Settings(max_frames=30, max_image_side=50)  # every frame here is 80 x 64
+    again = validate_manifest(str(dicom_cohort), tight, "r", stored=first.cohort)
+    assert again.cohort.empty
+    reasons = again.quarantine.groupby("case_id")["reason"].agg(" | ".join)
+    assert set(reasons.index) >= set(first.cohort["case_id"])
+    assert all("over max_image_side 50" in reasons[case] for case in first.cohort["case_id"])
+    # The very problems a first ingest under these limits reports, file by file.
+    fresh = validate_manifest(str(dicom_cohort), tight, "r")
+    columns = ["case_id", "column", "file", "reason"]
+    pd.testing.assert_frame_equal(again.quarantine[columns], fresh.quarantine[columns])
