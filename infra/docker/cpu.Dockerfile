@@ -89,7 +89,8 @@ RUN groupadd --gid 10001 sln \
 
 # One thread per worker process: BLAS/OpenMP/ITK pools at one thread (process workers, one
 # thread each, are the parallelism); glibc malloc thresholds as flows/runtime/runners.py sets
-# them (Dask's nanny default would freeze the mmap threshold). PATH puts the venv first.
+# them (Dask's nanny default would freeze the mmap threshold); Dask's timers and profiler
+# quieted as flows/runtime/env.py's DASK_CONFIG. PATH puts the venv first.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -99,6 +100,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1 \
     MALLOC_TRIM_THRESHOLD_=67108864 \
     MALLOC_MMAP_THRESHOLD_=67108864 \
+    DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL=1s \
+    DASK_DISTRIBUTED__ADMIN__SYSTEM_MONITOR__INTERVAL=2s \
+    DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False \
     SLN_RADIOMICS_PARAMS=/opt/sln/infra/radiomics.yaml \
     PREFECT_SERVER_ANALYTICS_ENABLED=false \
     PREFECT_HOME=/home/sln/.prefect \

@@ -92,7 +92,8 @@ COPY infra/radiomics.yaml ./infra/radiomics.yaml
 RUN groupadd --gid 10001 sln \
  && useradd --uid 10001 --gid 10001 --create-home --home-dir /home/sln --shell /bin/bash sln
 
-# One thread per worker process (the GPU does the CNN work; CPU pools stay at one thread).
+# One thread per worker process (the GPU does the CNN work; CPU pools stay at one thread);
+# Dask's timers and profiler quieted as flows/runtime/env.py's DASK_CONFIG.
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \
@@ -102,6 +103,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     ITK_GLOBAL_DEFAULT_NUMBER_OF_THREADS=1 \
     MALLOC_TRIM_THRESHOLD_=67108864 \
     MALLOC_MMAP_THRESHOLD_=67108864 \
+    DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL=1s \
+    DASK_DISTRIBUTED__ADMIN__SYSTEM_MONITOR__INTERVAL=2s \
+    DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED=False \
     SLN_RADIOMICS_PARAMS=/opt/sln/infra/radiomics.yaml \
     PREFECT_SERVER_ANALYTICS_ENABLED=false \
     PREFECT_HOME=/home/sln/.prefect \

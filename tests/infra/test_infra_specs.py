@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.runtime.env import MALLOC_ENV
+from flows.runtime.env import DASK_CONFIG, MALLOC_ENV, dask_env
 from tasks.config import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -183,6 +183,8 @@ def test_dockerfile_installs_like_the_makefile_and_runs_one_thread(kind):
         assert re.search(rf"\b{name}=1\b", text), name
     for name, value in MALLOC_ENV.items():  # as flows/runtime/runners.py gives workers
         assert re.search(rf"\b{name}={value}\b", text), name
+    for name, value in dask_env(DASK_CONFIG).items():  # Dask's timers, as flows/runtime/env.py
+        assert re.search(rf"\b{name}={value}(\s|$)", text), name
     cmd = dockerfile_cmd(text)
     assert cmd[:2] == ["dask", "worker"]
     assert flag_value(cmd, "--nthreads") == "1"
