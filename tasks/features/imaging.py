@@ -122,7 +122,7 @@ def read_image(
     """
     limits = limits or _LIMITS.get()
     if dicom.is_dicom(str(uri)):
-        check_header(uri, limits, at_ingest)
+        _check_dicom(str(uri), limits, at_ingest)
         array = dicom.read_pixels(str(uri), frame, frame_col)
         return sitk.GetImageFromArray(array, isVector=array.ndim == 3)
     if not uris.is_uri(uri):
@@ -143,12 +143,16 @@ def check_header(uri: str, limits: Limits | None = None, at_ingest: bool = False
     would need a local copy of the file (an object-store raster): read it whole instead."""
     limits = limits or _LIMITS.get()
     if dicom.is_dicom(str(uri)):
-        headers.check(headers.dicom_info(dicom.read_header(str(uri))), limits, at_ingest)
+        _check_dicom(str(uri), limits, at_ingest)
         return True
     if uris.is_uri(uri):
         return False
     _check_raster(str(uri), limits)
     return True
+
+
+def _check_dicom(uri: str, limits: Limits, at_ingest: bool) -> None:
+    headers.check(headers.dicom_info(dicom.read_header(uri)), limits, at_ingest)
 
 
 def _check_raster(path: str, limits: Limits) -> None:
