@@ -103,8 +103,7 @@ def _server_cpu(url: str) -> float:
     for p in psutil.process_iter():
         try:
             if any(c.laddr.port == port and c.status == "LISTEN" for c in p.net_connections()):
-                return sum(x.cpu_times().user + x.cpu_times().system
-                           for x in [p, *p.children(True)])  # fmt: skip
+                return _tree_cpu([p, *p.children(True)])
         except psutil.Error:
             continue
     return float("nan")
