@@ -18,9 +18,9 @@ from prefect.runtime import flow_run
 from flows.extract import embedding_chunks, empty_totals, radiomics_chunks, run_extraction
 from flows.runtime.runners import run_cluster
 from tasks.config import Settings, resolve_settings
-from tasks.data.ingest import current_cohort, ingest_task, with_perturbation
+from tasks.data.ingest import ingest_task, with_perturbation
 from tasks.data.store import FeatureStore
-from tasks.data.tables import COHORT, EMBEDDINGS, QUARANTINE, RADIOMICS
+from tasks.data.tables import COHORT, EMBEDDINGS, QUARANTINE, RADIOMICS, current_cohort
 from tasks.evaluation.artifacts import publish_run_summary
 from tasks.features.plan import Window
 from tasks.features.work import plan_work_task

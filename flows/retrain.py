@@ -17,9 +17,9 @@ from flows.cohort import current_run_id
 from flows.extract import commit_as_completed, embedding_chunks, submit_embeddings
 from flows.runtime.runners import task_runner
 from tasks.config import Settings, resolve_settings
-from tasks.data.ingest import current_cohort, with_perturbation
+from tasks.data.ingest import with_perturbation
 from tasks.data.store import FeatureStore
-from tasks.data.tables import COHORT, FEATURE_TABLES
+from tasks.data.tables import COHORT, FEATURE_TABLES, current_cohort
 from tasks.evaluation.artifacts import publish_evaluation, publish_run_summary
 from tasks.evaluation.evaluate import (
     cohort_flow_counts_task,

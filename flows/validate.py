@@ -9,9 +9,9 @@ from prefect.states import Failed
 from flows.cohort import current_run_id
 from flows.extract import run_extraction
 from tasks.config import Settings, resolve_settings
-from tasks.data.ingest import current_cohort, with_perturbation
+from tasks.data.ingest import with_perturbation
 from tasks.data.store import FeatureStore
-from tasks.data.tables import COHORT
+from tasks.data.tables import COHORT, current_cohort
 from tasks.evaluation.artifacts import publish_evaluation, publish_run_summary
 from tasks.evaluation.evaluate import (
     check_floor_task,

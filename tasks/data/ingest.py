@@ -3,8 +3,8 @@
 Reads a cohort manifest (through :mod:`tasks.data.validate`) and the stored ``cohort``
 table (the splits patients already have); writes new case versions to ``cohort`` and new
 problems to ``quarantine``, both insert-only, and returns an :class:`IngestReport`. Also
-the readers of the stored cohort every later stage uses: :func:`current_cohort` (the
-latest version of each case) and :func:`with_perturbation`.
+:func:`with_perturbation`, which every later stage applies to the current cohort
+(:func:`tasks.data.tables.current_cohort`).
 """
 
 from __future__ import annotations
@@ -25,18 +25,6 @@ from tasks.data.tables import COHORT, QUARANTINE
 from tasks.data.validate import validate_manifest
 
 log = logging.getLogger(__name__)
-
-
-def current_cohort(cohort: pd.DataFrame) -> pd.DataFrame:
-    """The latest version of every case (older versions stay stored for lineage)."""
-    if cohort.empty:
-        return cohort
-    ordered = cohort.sort_values(["ingested_at", "case_version"])
-    return (
-        ordered.drop_duplicates("case_id", keep="last")
-        .sort_values("case_id")
-        .reset_index(drop=True)
-    )
 
 
 def with_perturbation(cohort: pd.DataFrame, settings: Settings) -> Settings:

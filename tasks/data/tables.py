@@ -132,3 +132,18 @@ TABLES: dict[str, TableSpec] = {
     spec.name: spec for spec in (COHORT, QUARANTINE, RADIOMICS, EMBEDDINGS, PREDICTIONS)
 }
 FEATURE_TABLES = (COHORT, RADIOMICS, EMBEDDINGS)  # the versions a trained model pins
+
+
+def current_cohort(cohort: pd.DataFrame) -> pd.DataFrame:
+    """The latest version of every case (older versions stay stored for lineage): the last
+    by commit time, then by version, so two versions committed together resolve the same way
+    on every read. ``cohort``: rows of the cohort table (``case_id``, ``ingested_at`` and
+    ``case_version`` at least)."""
+    if cohort.empty:
+        return cohort
+    ordered = cohort.sort_values(["ingested_at", "case_version"])
+    return (
+        ordered.drop_duplicates("case_id", keep="last")
+        .sort_values("case_id")
+        .reset_index(drop=True)
+    )

@@ -49,7 +49,7 @@ from tasks.data.schema import (
 )
 from tasks.data.secrets import pseudonym_key
 from tasks.data.splits import check_patient_splits
-from tasks.data.tables import COHORT
+from tasks.data.tables import COHORT, current_cohort
 
 log = logging.getLogger(__name__)
 
@@ -262,9 +262,8 @@ def _latest_versions(
     if stored is None or stored.empty:
         return {}
     ids = {normalise_id(row.get("case_id")) for row in rows}
-    ordered = stored[stored["case_id"].isin(ids)].sort_values(["ingested_at", "case_version"])
-    latest = ordered.drop_duplicates("case_id", keep="last").set_index("case_id")
-    return latest.to_dict("index")
+    latest = current_cohort(stored[stored["case_id"].isin(ids)])
+    return latest.set_index("case_id").to_dict("index")
 
 
 def _check_stored_cases(

@@ -30,9 +30,8 @@ from scipy.special import expit
 from sklearn.metrics import roc_curve
 
 from tasks.config import Settings
-from tasks.data.ingest import current_cohort
 from tasks.data.store import FeatureStore
-from tasks.data.tables import PREDICTIONS
+from tasks.data.tables import PREDICTIONS, current_cohort
 from tasks.evaluation.metrics import (
     calibration,
     decision_curve,

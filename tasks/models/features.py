@@ -21,10 +21,9 @@ import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.data.ingest import current_cohort
 from tasks.data.schema import GENERATED_VARIANTS, MASK_VARIANTS, PERTURBED
 from tasks.data.store import FeatureStore
-from tasks.data.tables import COHORT, EMBEDDINGS, FEATURE_TABLES, RADIOMICS
+from tasks.data.tables import COHORT, EMBEDDINGS, FEATURE_TABLES, RADIOMICS, current_cohort
 from tasks.features.plan import variant_keys
 from tasks.features.radiomics import META_COLUMNS
 from tasks.models.harmonise import SITE_COLUMN

@@ -30,9 +30,10 @@ import pandas as pd
 import SimpleITK as sitk
 
 from tasks.config import Settings
-from tasks.data.ingest import current_cohort, ingest, with_perturbation
+from tasks.data.ingest import ingest, with_perturbation
 from tasks.data.schema import REPEAT_COLUMNS
 from tasks.data.store import FeatureStore
+from tasks.data.tables import current_cohort
 from tasks.features.imaging import case_regions
 from tests.bench.common import BIN, ROOT, Timing, machine_line, save, timed, write_section
 

@@ -18,8 +18,8 @@ def plain(store_root: str) -> dict:
     import torch
 
     from tasks.config import Settings
-    from tasks.data.ingest import current_cohort
     from tasks.data.store import FeatureStore
+    from tasks.data.tables import current_cohort
     from tasks.features.cnn.checkpoints import model_for
     from tasks.features.cnn.crops import case_crops
     from tasks.features.cnn.embed import current_model
@@ -50,8 +50,7 @@ def flow(store_root: str) -> dict:
 
     ensure_api()
     from flows.extract import run_extraction
-    from tasks.data.ingest import current_cohort
-    from tasks.data.tables import COHORT
+    from tasks.data.tables import COHORT, current_cohort
     from tasks.features.work import plan_work
 
     settings = Settings(store=store_root, n_workers=2)

@@ -7,9 +7,9 @@ from prefect import flow
 
 from flows.extract import run_extraction
 from tasks.config import Settings
-from tasks.data.ingest import current_cohort, ingest
+from tasks.data.ingest import ingest
 from tasks.data.store import FeatureStore
-from tasks.data.tables import COHORT, RADIOMICS
+from tasks.data.tables import COHORT, RADIOMICS, current_cohort
 from tasks.features.plan import PLANS, Plan, WorkPlan
 from tasks.features.work import plan_work
 

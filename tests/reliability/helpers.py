@@ -13,9 +13,8 @@ from pathlib import Path
 
 import psutil
 
-from tasks.data.ingest import current_cohort
 from tasks.data.store import FeatureStore
-from tasks.data.tables import COHORT, EMBEDDINGS, QUARANTINE, RADIOMICS
+from tasks.data.tables import COHORT, EMBEDDINGS, QUARANTINE, RADIOMICS, current_cohort
 
 ROOT = Path(__file__).resolve().parents[2]
 SLN = [sys.executable, "-m", "flows.cli"]

@@ -122,9 +122,9 @@ def test_a_radiomics_worker_stays_lean_after_real_chunks(tiny_cohort, tmp_path, 
 
     from flows.extract import run_extraction
     from tasks.config import Settings
-    from tasks.data.ingest import current_cohort, ingest
+    from tasks.data.ingest import ingest
     from tasks.data.store import FeatureStore
-    from tasks.data.tables import COHORT
+    from tasks.data.tables import COHORT, current_cohort
     from tasks.features.work import plan_work
 
     with local_cluster(n_workers=2, gpu_workers=1) as cluster, Client(cluster) as client:

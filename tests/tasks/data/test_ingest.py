@@ -9,12 +9,12 @@ from PIL import Image
 from tasks.config import Settings
 from tasks.data.ingest import (
     IngestReport,
-    current_cohort,
     ingest,
     ingest_task,
     with_perturbation,
 )
 from tasks.data.store import FeatureStore
+from tasks.data.tables import current_cohort
 
 
 def _ingest(manifest, store_root, **settings):
@@ -101,24 +101,6 @@ def test_busbra_subset_ingests_cleanly(tmp_path, shared_data):
     cohort = FeatureStore(str(tmp_path / "store")).read("cohort")
     assert cohort["cdus_image"].isna().all()
     assert cohort.groupby("patient_key")["split"].nunique().max() == 1
-
-
-def test_current_cohort_keeps_the_latest_version_of_each_case():
-    at = pd.to_datetime(["2024-01-01", "2024-03-01", "2024-02-01", "2024-02-01"], utc=True)
-    stored = pd.DataFrame(
-        {
-            "case_id": ["B", "B", "A", "A"],
-            "case_version": ["b-old", "b-new", "a-1", "a-2"],
-            "ingested_at": at,
-        }
-    )
-    current = current_cohort(stored)
-    assert current["case_id"].tolist() == ["A", "B"]
-    # Same commit time: the version order decides, so the choice is deterministic.
-    assert current["case_version"].tolist() == ["a-2", "b-new"]
-    assert current.index.tolist() == [0, 1]
-    empty = pd.DataFrame(columns=["case_id"])
-    assert current_cohort(empty) is empty
 
 
 def test_with_perturbation_only_when_no_case_has_a_real_repeat():

@@ -15,6 +15,7 @@ from tasks.data.tables import (
     RADIOMICS,
     TABLES,
     TableSpec,
+    current_cohort,
 )
 
 
@@ -88,3 +89,21 @@ def test_typed_leaves_the_callers_frame_alone():
     QUARANTINE.typed(frame)
     assert frame.columns.tolist() == ["case_id", "manifest_row"]
     assert str(frame["manifest_row"].dtype) == "float64"
+
+
+def test_current_cohort_keeps_the_latest_version_of_each_case():
+    at = pd.to_datetime(["2024-01-01", "2024-03-01", "2024-02-01", "2024-02-01"], utc=True)
+    stored = pd.DataFrame(
+        {
+            "case_id": ["B", "B", "A", "A"],
+            "case_version": ["b-old", "b-new", "a-1", "a-2"],
+            "ingested_at": at,
+        }
+    )
+    current = current_cohort(stored)
+    assert current["case_id"].tolist() == ["A", "B"]
+    # Same commit time: the version order decides, so the choice is deterministic.
+    assert current["case_version"].tolist() == ["a-2", "b-new"]
+    assert current.index.tolist() == [0, 1]
+    empty = pd.DataFrame(columns=["case_id"])
+    assert current_cohort(empty) is empty

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pandas as pd
 
 from tasks.config import Settings
-from tasks.data.ingest import current_cohort, ingest
+from tasks.data.ingest import ingest
 from tasks.data.store import FeatureStore
-from tasks.data.tables import COHORT, RADIOMICS
+from tasks.data.tables import COHORT, RADIOMICS, current_cohort
 from tasks.features.plan import Window, variant_keys
 from tasks.features.radiomics import current_params_hash
 from tasks.features.work import plan_work
