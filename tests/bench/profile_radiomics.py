@@ -3,7 +3,8 @@ filters, per region (lesion, ring), on the step's own path (each image filtered 
 every region measured on the shared filtered images).
 
 Each pyradiomics feature class is swapped for a subclass that times its construction
-(binning, masks) and ``execute`` (matrices, features); each enabled filter's generator is
+(masks, and binning: shared between the classes, so the first class measured on each
+filtered image carries it) and ``execute`` (matrices, features); each enabled filter's generator is
 timed as it yields. "checks, crops, rest" is a region's measuring time less both. Only
 timing wraps pyradiomics: the same functions run on the same inputs.
 

@@ -26,6 +26,7 @@ from tasks.features.radiomics import extract_case, extract_region, load_params, 
 from tasks.features.radiomics_shared import (
     VERSION_KEY,
     VOXELS_KEY,
+    SharedBinning,
     SharedImage,
     sharing_blocked,
 )
@@ -221,3 +222,68 @@ def test_a_failing_mask_fails_like_execute(tmp_path, params):
     with pytest.raises(ValueError) as shared:
         SharedImage(extractor, regions[0].image).measure(empty)
     assert str(shared.value) == str(reference.value)
+
+
+def test_binning_runs_once_per_filtered_image_and_mask(tmp_path, params, monkeypatch):
+    """Each feature class bins the same gray levels; the shared path bins once per filtered
+    image per mask where ``computeFeatures`` bins once per class (the values stay equal:
+    the tests above compare every feature with ``execute``)."""
+    from radiomics import imageoperations
+
+    calls = []
+    original = imageoperations.binImage
+
+    def counting(matrix, coordinates=None, **kwargs):
+        calls.append(matrix.shape)
+        return original(matrix, coordinates, **kwargs)
+
+    monkeypatch.setattr(imageoperations, "binImage", counting)
+    regions = speckle_case(tmp_path)
+    extractor = make_extractor(params)
+    shared = SharedImage(extractor, regions[0].image)
+    result = shared.measure(regions[0].mask)
+    images = {name.split("_")[0] for name in result if not name.startswith("diagnostics_")}
+    binning = [c for c in extractor.enabledFeatures if c != "shape2D" and c != "shape"]
+    assert len(binning) == 6  # first order and the five texture classes
+    assert len(calls) == len(images) == 8  # original, 4 wavelets, 3 LoG sigmas
+    calls.clear()
+    extractor.execute(regions[0].image, regions[0].mask)
+    assert len(calls) == 6 * len(images)
+
+
+def test_binning_shared_only_for_equal_inputs(tmp_path, params):
+    """A class given another image or mask than the first is binned afresh, and a class that
+    changes its binned array in place does not change the next class's."""
+    from radiomics import glcm, glszm
+
+    regions = speckle_case(tmp_path)
+    extractor = make_extractor(params)
+    settings = {**extractor.settings}
+    image, mask = regions[0].image, regions[0].mask
+    brighter = sitk.Cast(image, sitk.sitkFloat32) * 1.7
+    other_mask = regions[2].mask  # reader 2's larger circle
+
+    def made(cls, binning, img, msk):
+        feature = cls.__new__(cls)
+        binning.bind(feature)
+        feature.__init__(img, msk, **settings)
+        return feature
+
+    def alone(cls, img, msk):
+        return cls(img, msk, **settings)
+
+    binning = SharedBinning()
+    first = made(glcm.RadiomicsGLCM, binning, image, mask)
+    reference = alone(glszm.RadiomicsGLSZM, image, mask).imageArray.copy()
+    first.imageArray[:] = 0  # a class changing its own array in place
+    second = made(glszm.RadiomicsGLSZM, binning, image, mask)
+    assert np.array_equal(second.imageArray, reference)
+    for img, msk in ((brighter, mask), (image, other_mask)):
+        got = made(glszm.RadiomicsGLSZM, binning, img, msk)
+        expected = alone(glszm.RadiomicsGLSZM, img, msk)
+        assert np.array_equal(got.imageArray, expected.imageArray)
+        assert got.coefficients["Ng"] == expected.coefficients["Ng"]
+        assert np.array_equal(got.coefficients["grayLevels"], expected.coefficients["grayLevels"])
+    assert not np.array_equal(
+        alone(glszm.RadiomicsGLSZM, brighter, mask).imageArray, reference
+    )  # the inputs above really bin differently
