@@ -21,6 +21,7 @@ Reads and writes nothing.
 from __future__ import annotations
 
 import collections
+import functools
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -243,6 +244,11 @@ class SharedBinning:
         feature._applyBinning = apply
 
 
+@functools.cache
+def _feature_names(cls: type) -> dict[str, bool]:
+    return cls.getFeatureNames()
+
+
 def compute_features(
     extractor: featureextractor.RadiomicsFeatureExtractor,
     image: sitk.Image,
@@ -252,7 +258,8 @@ def compute_features(
 ) -> collections.OrderedDict[str, Any]:
     """``extractor.computeFeatures(image, mask, image_type, **kwargs)``: pyradiomics 3.0.1's
     loop (the same feature classes, enabled features, order and names), with the binning
-    shared between the classes (:class:`SharedBinning`)."""
+    shared between the classes (:class:`SharedBinning`) and each class's feature list read
+    once per process."""
     classes = featureextractor.getFeatureClasses()
     binning = SharedBinning()
     features: collections.OrderedDict[str, Any] = collections.OrderedDict()
@@ -261,6 +268,9 @@ def compute_features(
             continue  # shape is measured once per mask (computeShape)
         cls = classes[class_name]
         feature = cls.__new__(cls)
+        # Shadowed before __init__, which reads them: the feature list is the class's own
+        # (pyradiomics enumerates the class's members with inspect for every instance).
+        feature.getFeatureNames = functools.partial(dict, _feature_names(cls))
         binning.bind(feature)
         feature.__init__(image, mask, **kwargs)
         for name in names or ():  # None or empty: every feature (the class's execute)

@@ -287,3 +287,27 @@ def test_binning_shared_only_for_equal_inputs(tmp_path, params):
     assert not np.array_equal(
         alone(glszm.RadiomicsGLSZM, brighter, mask).imageArray, reference
     )  # the inputs above really bin differently
+
+
+def test_feature_lists_are_read_once_per_class(tmp_path, params, monkeypatch):
+    """pyradiomics enumerates a class's members (``inspect.getmembers``) for every instance;
+    the shared path does it once per class and process."""
+    import inspect
+
+    from tasks.features import radiomics_shared
+
+    calls = []
+    original = inspect.getmembers
+
+    def counting(obj, *args):
+        calls.append(obj)
+        return original(obj, *args)
+
+    monkeypatch.setattr(inspect, "getmembers", counting)
+    radiomics_shared._feature_names.cache_clear()
+    regions = speckle_case(tmp_path)
+    shared = SharedImage(make_extractor(params), regions[0].image)
+    for region in regions:
+        shared.measure(region.mask)
+    texture = [c for c in calls if c.__module__.split(".")[-1] != "shape2D"]
+    assert len(texture) == len(set(texture)) == 6  # once per class, 32 images x masks
