@@ -23,7 +23,6 @@ from typing import Any
 
 import numpy as np
 import SimpleITK as sitk
-from scipy import ndimage
 
 from tasks.data import dicom, headers, uris
 from tasks.data.headers import Limits
@@ -312,6 +311,8 @@ def peritumoral_ring(
     is round rather than the square a box-kernel dilation gives. It is clipped to the
     image because it lives on the image's own grid.
     """
+    from scipy import ndimage  # here, not at the top: the flow process reads files only
+
     lesion = sitk.GetArrayViewFromImage(mask) != 0
     width = ring_width_px(width_mm, width_px, pixel_spacing_mm)
     # Distance of every background pixel to the nearest lesion pixel centre.
@@ -409,6 +410,8 @@ def perturb_mask(mask: np.ndarray, seed: int) -> np.ndarray:
     bottom = min(rows[-1] + reach + 1, lesion.shape[0])
     right = min(cols[-1] + reach + 1, lesion.shape[1])
     box = lesion[top:bottom, left:right]
+    from scipy import ndimage  # as in peritumoral_ring
+
     signed = np.where(
         box,
         ndimage.distance_transform_edt(box) - 0.5,

@@ -114,6 +114,12 @@ def test_the_flow_process_loads_no_dask_cluster_code_until_a_run_extracts():
     assert _loaded_after(imports, ("distributed", "prefect_dask")) == "[]"
 
 
+def test_the_cohort_flow_process_loads_no_scipy():
+    """The cohort flow's process validates files and commits rows; scipy (about 0.3 s of
+    imports, for the rings and perturbed masks the workers draw) loads on first use only."""
+    assert _loaded_after("flows.cohort, flows.cli", ("scipy", "scipy.ndimage")) == "[]"
+
+
 @pytest.mark.slow
 def test_a_radiomics_worker_stays_lean_after_real_chunks(tiny_cohort, tmp_path, prefect_api):
     """The real subflow runs radiomics chunks on a local cluster's workers; afterwards each
