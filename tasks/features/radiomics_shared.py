@@ -273,6 +273,9 @@ def compute_features(
         feature.getFeatureNames = functools.partial(dict, _feature_names(cls))
         binning.bind(feature)
         feature.__init__(image, mask, **kwargs)
+        # Binning happens in __init__ only; the bound function refers to the feature, and
+        # left in place that cycle would keep every class's matrices until the cyclic GC.
+        del feature._applyBinning
         for name in names or ():  # None or empty: every feature (the class's execute)
             feature.enableFeatureByName(name)
         for name, value in feature.execute().items():

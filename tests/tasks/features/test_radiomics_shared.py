@@ -311,3 +311,27 @@ def test_feature_lists_are_read_once_per_class(tmp_path, params, monkeypatch):
         shared.measure(region.mask)
     texture = [c for c in calls if c.__module__.split(".")[-1] != "shape2D"]
     assert len(texture) == len(set(texture)) == 6  # once per class, 32 images x masks
+
+
+def test_feature_classes_are_freed_without_the_cyclic_gc(tmp_path, params):
+    """A feature class's matrices go when its features are read: the shared path leaves no
+    reference cycle through a class (one held every class's arrays until the cyclic GC,
+    +42 MB of peak RSS over 25 BUS-BRA cases)."""
+    import gc
+
+    from radiomics.base import RadiomicsFeaturesBase
+
+    regions = speckle_case(tmp_path)
+    shared = SharedImage(make_extractor(params), regions[0].image)
+    gc.collect()
+    gc.disable()
+    gc.set_debug(gc.DEBUG_SAVEALL)  # unreachable objects go to gc.garbage, not freed
+    try:
+        shared.measure(regions[0].mask)
+        gc.collect()
+        cyclic = [o for o in gc.garbage if isinstance(o, RadiomicsFeaturesBase)]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        gc.enable()
+    assert cyclic == []
