@@ -26,8 +26,9 @@ MALLOC_ENV = {
 # event-loop latency tick every 20 ms and a psutil sample of the machine every 500 ms by
 # default, plus a statistical profiler sampling every worker thread. Batch runs watch none
 # of them closely. Measured on two cores: an idle local cluster (scheduler, 2 nannies, 2
-# workers) costs 8.3 CPU s a minute with Dask's settings, 2.9 with these (`make bench`,
-# orchestration table); the profiler cost about +20% CPU on a radiomics task.
+# workers) costs about three times the CPU with Dask's settings as with these (`make
+# bench`, BENCHMARKS.md's orchestration table); the profiler cost about +20% CPU on a
+# radiomics task.
 DASK_CONFIG: dict[str, object] = {
     "distributed.admin.tick.interval": "1s",
     "distributed.admin.system-monitor.interval": "2s",
