@@ -389,6 +389,8 @@ def perturb_mask(mask: np.ndarray, seed: int) -> np.ndarray:
     uint8 0/1 array of the mask's shape. The mask itself (0/1) when the perturbed one would
     have fewer than 20 pixels, so the result is never empty.
     """
+    from scipy import ndimage  # as in peritumoral_ring
+
     lesion = np.asarray(mask) != 0
     original = lesion.astype(np.uint8)
     if lesion.ndim != 2:
@@ -410,8 +412,6 @@ def perturb_mask(mask: np.ndarray, seed: int) -> np.ndarray:
     bottom = min(rows[-1] + reach + 1, lesion.shape[0])
     right = min(cols[-1] + reach + 1, lesion.shape[1])
     box = lesion[top:bottom, left:right]
-    from scipy import ndimage  # as in peritumoral_ring
-
     signed = np.where(
         box,
         ndimage.distance_transform_edt(box) - 0.5,

@@ -201,18 +201,21 @@ class SharedBinning:
     """pyradiomics' gray-level discretisation of one cropped image under one mask, made once
     for all feature classes. Each class's ``__init__`` bins the same gray levels under the same
     mask and settings (six times per filtered image with the project's params: first order
-    and the five texture classes; about a sixth of extraction's CPU, binning's edges come
-    from Python's ``min``/``max`` over the region's values). The first class's result is kept;
-    a later call with equal inputs gets a copy of it (a class may change its array in place),
-    any other input is binned afresh."""
+    and the five texture classes; the bin edges come from Python's ``min``/``max`` over the
+    region's values, a loop). The first class's result is kept; a later call with equal
+    inputs gets a copy of it (a class may change its array in place), any other input is
+    binned afresh."""
 
     def __init__(self) -> None:
-        self._kept: tuple[dict, np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None
+        # The first binning's inputs (settings, gray levels, mask) and outputs.
+        self._inputs: tuple[dict, np.ndarray, np.ndarray] | None = None
+        self._binned: np.ndarray | None = None
+        self._levels: np.ndarray | None = None
 
-    def _hit(self, feature: Any, matrix: np.ndarray) -> bool:
-        if self._kept is None:
+    def _same_inputs(self, feature: Any, matrix: np.ndarray) -> bool:
+        if self._inputs is None:
             return False
-        settings, gray, mask, _, _ = self._kept
+        settings, gray, mask = self._inputs
         try:
             same_settings = bool(settings == feature.settings)
         except ValueError:  # a setting compared element-wise: do not guess
@@ -224,21 +227,20 @@ class SharedBinning:
         )
 
     def bind(self, feature: Any) -> None:
-        """Shadow ``feature._applyBinning`` (an instance attribute, set before ``__init__``)."""
+        """Shadow ``feature._applyBinning`` (an instance attribute, set before ``__init__``;
+        the caller deletes it after: it refers to the feature)."""
         own = type(feature)._applyBinning
 
         def apply(matrix: np.ndarray) -> np.ndarray:
-            if self._hit(feature, matrix):
-                binned, levels = self._kept[3], self._kept[4]
+            if self._same_inputs(feature, matrix):
                 # What RadiomicsFeaturesBase._applyBinning sets besides the binned array.
-                feature.coefficients["grayLevels"] = levels.copy()
-                feature.coefficients["Ng"] = int(np.max(levels))
-                return binned.copy()
-            gray = matrix.copy()
+                feature.coefficients["grayLevels"] = self._levels.copy()
+                feature.coefficients["Ng"] = int(np.max(self._levels))
+                return self._binned.copy()
+            inputs = (dict(feature.settings), matrix.copy(), feature.maskArray.copy())
             binned = own(feature, matrix)
-            levels = feature.coefficients["grayLevels"]
-            self._kept = (dict(feature.settings), gray, feature.maskArray.copy(), binned.copy(),
-                          levels.copy())  # fmt: skip
+            self._inputs, self._binned = inputs, binned.copy()
+            self._levels = feature.coefficients["grayLevels"].copy()
             return binned
 
         feature._applyBinning = apply
