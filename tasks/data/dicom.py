@@ -24,20 +24,31 @@ study, date, institution or accession value is returned, logged or put in an err
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Any
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pydicom
-from pydicom.dataset import Dataset
-from pydicom.pixels import apply_color_lut, get_decoder, pixel_array
 
 from tasks.data import uris
 
-# pydicom's reading validation warns with the offending value (a malformed PatientName or
-# date would land in the logs): values are not our business, only their presence.
-pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+if TYPE_CHECKING:
+    from pydicom.dataset import Dataset
+
+
+@functools.cache
+def _pydicom() -> ModuleType:
+    """pydicom, imported on first use: a PNG cohort's flow process (and every re-run that
+    decodes nothing) never needs it, and its import is about 0.15 s of each ``sln run``."""
+    import pydicom
+    import pydicom.pixels
+
+    # pydicom's reading validation warns with the offending value (a malformed PatientName
+    # or date would land in the logs): values are not our business, only their presence.
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    return pydicom
 
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 # What the pipeline turns into grey B-mode or RGB colour Doppler.
@@ -135,6 +146,7 @@ def is_dicom(uri: str) -> bool:
 
 
 def _read(uri: str, header_only: bool) -> Dataset:
+    pydicom = _pydicom()
     try:
         with uris.open_file(uri) as fh:
             return pydicom.dcmread(fh, stop_before_pixels=header_only)
@@ -183,7 +195,7 @@ def header_of(ds: Dataset) -> Header:
     """The :class:`Header` of a dataset (read with or without its pixels)."""
     meta = getattr(ds, "file_meta", None)
     syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
-    name = pydicom.uid.UID(syntax).name if syntax else "unknown"
+    name = _pydicom().uid.UID(syntax).name if syntax else "unknown"
     return Header(
         sop_class=str(ds.get("SOPClassUID", "")),
         transfer_syntax=syntax,
@@ -246,7 +258,7 @@ def check_decodable(header: Header) -> None:
     if header.samples not in (1, 3):
         raise DicomError(f"{header.samples} samples per pixel: expected 1 (grey) or 3 (colour)")
     try:
-        decoder = get_decoder(header.transfer_syntax)
+        decoder = _pydicom().pixels.get_decoder(header.transfer_syntax)
     except NotImplementedError:  # pydicom's answer for a syntax it has no decoder for at all
         decoder = None
     if decoder is None or not decoder.is_available:
@@ -261,7 +273,7 @@ def _to_display(array: np.ndarray, ds: Dataset, header: Header) -> np.ndarray:
     if header.photometric == "MONOCHROME1":  # 0 is white: invert to the usual grey
         return (2**header.bits_stored - 1 - array.astype(np.int64)).astype(array.dtype)
     if header.photometric == "PALETTE COLOR":
-        rgb = apply_color_lut(array, ds)
+        rgb = _pydicom().pixels.apply_color_lut(array, ds)
         # 16-bit LUT entries hold 8-bit colours times 257; some scanners write 0-255 anyway.
         if rgb.dtype != np.uint8:
             rgb = rgb if rgb.max() <= 255 else np.rint(rgb / 257.0)
@@ -293,7 +305,7 @@ def read_frame(
     index = frame_index(header, frame, frame_column)
     check_decodable(header)
     ds = _read(str(uri), header_only=False)
-    array = pixel_array(ds, index=index, as_rgb=True)
+    array = _pydicom().pixels.pixel_array(ds, index=index, as_rgb=True)
     return _to_display(array, ds, header)
 
 
@@ -320,9 +332,9 @@ def read_seg(uri: str, frame: Any = None, frame_column: str = "bmus_frame") -> n
         raise DicomError("not a DICOM SEG (nor a PNG/NRRD mask)")
     if header.segments != 1:
         raise DicomError(f"SEG has {header.segments} segments: the lesion mask needs exactly one")
-    frames = pixel_array(ds)
+    frames = _pydicom().pixels.pixel_array(ds)
     frames = frames[None] if frames.ndim == 2 else frames
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence", None) or [Dataset()] * len(frames)
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence", None) or [_pydicom().Dataset()] * len(frames)
     wanted = None if frame is None or str(frame).strip() in ("", "nan") else int(float(frame))
     picked = [
         i

@@ -114,10 +114,12 @@ def test_the_flow_process_loads_no_dask_cluster_code_until_a_run_extracts():
     assert _loaded_after(imports, ("distributed", "prefect_dask")) == "[]"
 
 
-def test_the_cohort_flow_process_loads_no_scipy():
+def test_the_cohort_flow_process_loads_no_scipy_or_pydicom():
     """The cohort flow's process validates files and commits rows; scipy (about 0.3 s of
-    imports, for the rings and perturbed masks the workers draw) loads on first use only."""
-    assert _loaded_after("flows.cohort, flows.cli", ("scipy", "scipy.ndimage")) == "[]"
+    imports, for the rings and perturbed masks the workers draw) and pydicom (about 0.15 s,
+    for DICOM cohorts only) load on first use only."""
+    modules = ("scipy", "scipy.ndimage", "pydicom")
+    assert _loaded_after("flows.cohort, flows.cli", modules) == "[]"
 
 
 @pytest.mark.slow

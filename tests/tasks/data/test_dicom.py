@@ -128,7 +128,7 @@ def test_header_problems_are_found_before_any_pixel_is_decoded(tmp_path, grey, m
     def no_decoding(*args, **kwargs):
         raise AssertionError("decoded before the header was checked")
 
-    monkeypatch.setattr(dicom, "pixel_array", no_decoding)
+    monkeypatch.setattr(pydicom.pixels, "pixel_array", no_decoding)
     loop = files.write(tmp_path / "loop.dcm", np.stack([grey, grey]))
     with pytest.raises(dicom.DicomError, match="add a manifest column cdus_frame"):
         dicom.read_frame(str(loop), None, "cdus_frame")
@@ -226,3 +226,23 @@ def test_no_identifier_leaves_the_module(tmp_path, grey):
     header = repr(dicom.read_header(str(dcm)))
     for value in files.IDENTIFIERS.values():
         assert value not in header
+
+
+def test_pydicom_loads_on_the_first_dicom_read_with_value_validation_off(tmp_path, grey):
+    """pydicom is imported by the first DICOM read, not by importing the module (a PNG
+    cohort's run never pays for it), and that read turns pydicom's value validation off: its
+    warnings quote the offending value (a malformed PatientName would reach the logs)."""
+    import subprocess
+    import sys
+
+    dcm = files.write(tmp_path / "a.dcm", grey, "MONOCHROME2")
+    code = (
+        "import sys\n"
+        "from tasks.data import dicom\n"
+        "print('pydicom' in sys.modules)\n"
+        f"dicom.read_header({str(dcm)!r})\n"
+        "import pydicom\n"
+        "print(pydicom.config.settings.reading_validation_mode == pydicom.config.IGNORE)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]
