@@ -50,6 +50,7 @@ def _pydicom() -> ModuleType:
     pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
     return pydicom
 
+
 SEG_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.66.4"
 # What the pipeline turns into grey B-mode or RGB colour Doppler.
 PHOTOMETRIC = (
@@ -332,9 +333,12 @@ def read_seg(uri: str, frame: Any = None, frame_column: str = "bmus_frame") -> n
         raise DicomError("not a DICOM SEG (nor a PNG/NRRD mask)")
     if header.segments != 1:
         raise DicomError(f"SEG has {header.segments} segments: the lesion mask needs exactly one")
-    frames = _pydicom().pixels.pixel_array(ds)
+    pydicom = _pydicom()
+    frames = pydicom.pixels.pixel_array(ds)
     frames = frames[None] if frames.ndim == 2 else frames
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence", None) or [_pydicom().Dataset()] * len(frames)
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence", None) or [pydicom.Dataset()] * len(
+        frames
+    )
     wanted = None if frame is None or str(frame).strip() in ("", "nan") else int(float(frame))
     picked = [
         i
