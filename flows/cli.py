@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import atexit
+import gc
 import logging
 import uuid
 from datetime import UTC, datetime
@@ -12,6 +14,12 @@ import typer
 from tasks.config import Settings
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+
+# On exit, Python's last garbage collections walk every object Prefect, pandas and pyarrow
+# made (about 0.3 s of every command, a tenth of an unchanged re-run); the OS frees them at
+# once. Registered at import, before Prefect's handlers, so it runs after them all (atexit
+# is last in, first out; Prefect's log and event drains run before any atexit handler).
+atexit.register(gc.freeze)
 
 
 def _setup_logging(verbose: bool = True) -> None:

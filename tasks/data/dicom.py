@@ -336,9 +336,8 @@ def read_seg(uri: str, frame: Any = None, frame_column: str = "bmus_frame") -> n
     pydicom = _pydicom()
     frames = pydicom.pixels.pixel_array(ds)
     frames = frames[None] if frames.ndim == 2 else frames
-    per_frame = ds.get("PerFrameFunctionalGroupsSequence", None) or [pydicom.Dataset()] * len(
-        frames
-    )
+    unlabelled = [pydicom.Dataset()] * len(frames)
+    per_frame = ds.get("PerFrameFunctionalGroupsSequence", None) or unlabelled
     wanted = None if frame is None or str(frame).strip() in ("", "nan") else int(float(frame))
     picked = [
         i
