@@ -121,13 +121,26 @@ def ingest(
 
 
 def _with_api(fn):
-    """Run ``fn`` against a live Prefect API (configured, or the local embedded server)."""
+    """Run ``fn`` against a live Prefect API (configured, or the local embedded server).
+
+    Flow-run heartbeats are off for these foreground runs unless configured
+    (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``, env or profile): they only feed a crash-detection
+    automation a Prefect admin may add, and a foreground run's crash reaches its caller as
+    the exit status. Their thread sleeps in 1 s steps and is joined at the end of every flow
+    and subflow run (0.5 s each on average, a tenth of an unchanged re-run). Deployment runs
+    under ``sln serve`` keep Prefect's default."""
     from flows.runtime.server import ensure_api
 
     url = ensure_api()
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        temporary_settings,
+    )
 
-    with temporary_settings(updates={PREFECT_API_URL: url}):
+    with temporary_settings(
+        updates={PREFECT_API_URL: url}, set_defaults={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}
+    ):
         return fn()
 
 

@@ -167,3 +167,26 @@ def test_the_cli_skips_the_garbage_collections_at_exit():
         for how in ("plain", "sln")
     }
     assert out == {"plain": "collected", "sln": ""}
+
+
+def test_foreground_runs_send_no_heartbeats_unless_configured(prefect_api, monkeypatch):
+    """``sln`` commands run their flows without Prefect's flow-run heartbeats (a thread
+    joined at the end of every flow run, up to 1 s each) unless heartbeats are configured,
+    which then win."""
+    from prefect.settings import (
+        PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
+        get_current_settings,
+        temporary_settings,
+    )
+
+    from flows.cli import _with_api
+
+    monkeypatch.setenv("PREFECT_API_URL", prefect_api)
+
+    def frequency():
+        return get_current_settings().flows.heartbeat_frequency
+
+    assert frequency() == 180  # Prefect's default, kept outside the commands
+    assert _with_api(frequency) is None
+    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: 60}):
+        assert _with_api(frequency) == 60
