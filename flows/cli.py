@@ -16,9 +16,9 @@ from tasks.config import Settings
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 
 # On exit, Python's last garbage collections walk every object Prefect, pandas and pyarrow
-# made (about 0.3 s of every command, a tenth of an unchanged re-run); the OS frees them at
-# once. Registered at import, before Prefect's handlers, so it runs after them all (atexit
-# is last in, first out; Prefect's log and event drains run before any atexit handler).
+# made; the OS frees them at once. Registered at import, before Prefect's handlers, so it
+# runs after them all (atexit is last in, first out; Prefect's log and event drains run
+# before any atexit handler).
 atexit.register(gc.freeze)
 
 
@@ -127,8 +127,8 @@ def _with_api(fn):
     (``PREFECT_FLOWS_HEARTBEAT_FREQUENCY``, env or profile): they only feed a crash-detection
     automation a Prefect admin may add, and a foreground run's crash reaches its caller as
     the exit status. Their thread sleeps in 1 s steps and is joined at the end of every flow
-    and subflow run (0.5 s each on average, a tenth of an unchanged re-run). Deployment runs
-    under ``sln serve`` keep Prefect's default."""
+    and subflow run (up to 1 s each). Deployment runs under ``sln serve`` keep Prefect's
+    default."""
     from flows.runtime.server import ensure_api
 
     url = ensure_api()

@@ -41,7 +41,7 @@ if TYPE_CHECKING:
 @functools.cache
 def _pydicom() -> ModuleType:
     """pydicom, imported on first use: a PNG cohort's flow process (and every re-run that
-    decodes nothing) never needs it, and its import is about 0.15 s of each ``sln run``."""
+    decodes nothing) never needs it, and would otherwise import it on every ``sln run``."""
     import pydicom
     import pydicom.pixels
 
